@@ -1,0 +1,14 @@
+package main
+
+import (
+	"github.com/bkrun/bkrun/runtime"
+	"github.com/bkrun/bkrun/stdlib/exec"
+)
+
+// modules lists the native modules, in the order `bkrun help` shows them.
+// Registration is explicit: a module exists in bkrun because it is here.
+func modules() []*runtime.Module {
+	return []*runtime.Module{
+		exec.Module,
+	}
+}

@@ -8,6 +8,10 @@ require (
 	golang.org/x/term v0.47.0
 )
 
-require golang.org/x/sys v0.49.0 // indirect
+require (
+	github.com/chzyer/readline v1.5.1 // indirect
+	github.com/creack/pty v1.1.24 // indirect
+	golang.org/x/sys v0.49.0 // indirect
+)
 
 replace layeh.com/gopher-luar => github.com/layeh/gopher-luar v1.0.11

@@ -237,8 +237,10 @@ func (h *Host) liftError(err error) error {
 	}
 	cause := context.Cause(ctx)
 	msg := ae.Object.String()
-	if strings.HasSuffix(msg, context.Canceled.Error()) || strings.HasSuffix(msg, "interrupted") {
-		return &ScriptError{Msg: strings.TrimSuffix(msg, context.Canceled.Error()) + cause.Error(), Trace: ae.StackTrace, Cause: cause}
+	for _, suffix := range []string{context.Canceled.Error(), "interrupted"} {
+		if strings.HasSuffix(msg, suffix) {
+			return &ScriptError{Msg: strings.TrimSuffix(msg, suffix) + cause.Error(), Trace: ae.StackTrace, Cause: cause}
+		}
 	}
 	return err
 }

@@ -176,6 +176,13 @@ func (r *Recipe) readMetadata(meta []ast.Stmt) error {
 	bad := func(format string, args ...any) error {
 		return Usagef("%s: "+format, append([]any{r.Path}, args...)...)
 	}
+	for _, st := range meta {
+		for name := range assignedGlobals(st.(*ast.AssignStmt)) {
+			if (name == "description" || name == "usage" || name == "args") && L.GetGlobal(name) == lua.LNil {
+				return bad("recipe metadata (description, usage, args) must be plain values: %s refers to something defined elsewhere", name)
+			}
+		}
+	}
 	switch v := L.GetGlobal("description").(type) {
 	case lua.LString:
 		r.Description = strings.TrimSpace(string(v))
@@ -484,6 +491,9 @@ func (r *Recipe) WriteHelp(w io.Writer) {
 			left := "  " + strings.ToUpper(a.Name)
 			if !a.Positional() {
 				left = "  --" + strings.ReplaceAll(a.Name, "_", "-")
+				if a.Type == "boolean" {
+					left = "  --[no-]" + strings.ReplaceAll(a.Name, "_", "-")
+				}
 				if a.Type == "list" {
 					left += " VALUE (repeatable)"
 				}

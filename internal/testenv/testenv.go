@@ -1,0 +1,38 @@
+// Package testenv decides what an integration test does when the machine
+// lacks something it needs (root, loop devices, btrfs, sshd, a tool).
+// Locally it skips with a message naming what is missing; under
+// BKRUN_INTEGRATION=1 (set by .ci/run) it fails, because a skipped
+// integration test in CI is a test that did not run.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// Integration reports whether missing prerequisites must fail tests.
+func Integration() bool { return os.Getenv("BKRUN_INTEGRATION") == "1" }
+
+// Need skips or fails t unless ok; what names the prerequisite.
+func Need(t testing.TB, ok bool, what string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if Integration() {
+		t.Fatalf("integration prerequisite missing: %s (BKRUN_INTEGRATION=1 makes this a failure; .ci/run installs it)", what)
+	}
+	t.Skipf("skipping: %s (set up by .ci/run; BKRUN_INTEGRATION=1 makes this fail instead)", what)
+}
+
+// NeedRoot requires uid 0.
+func NeedRoot(t testing.TB) { t.Helper(); Need(t, os.Geteuid() == 0, "root privileges") }
+
+// NeedCommand requires an executable in $PATH and returns its path.
+func NeedCommand(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	Need(t, err == nil, "command "+name+" in $PATH")
+	return p
+}

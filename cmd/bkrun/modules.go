@@ -3,6 +3,8 @@ package main
 import (
 	"github.com/bkrun/bkrun/runtime"
 	"github.com/bkrun/bkrun/stdlib/exec"
+	"github.com/bkrun/bkrun/stdlib/fs"
+	lualog "github.com/bkrun/bkrun/stdlib/log"
 )
 
 // modules lists the native modules, in the order `bkrun help` shows them.
@@ -10,5 +12,7 @@ import (
 func modules() []*runtime.Module {
 	return []*runtime.Module{
 		exec.Module,
+		fs.Module,
+		lualog.Module,
 	}
 }

@@ -251,18 +251,22 @@ func unwrapExecErr(err error) error {
 }
 
 // limitedBuffer captures up to MaxCapture bytes and notes an overflow.
+// It does not embed bytes.Buffer: os/exec would then use its ReadFrom and
+// bypass the limit.
 type limitedBuffer struct {
-	bytes.Buffer
+	buf      bytes.Buffer
 	overflow bool
 }
 
 func (b *limitedBuffer) Write(p []byte) (int, error) {
-	if b.Len()+len(p) > MaxCapture {
+	if b.buf.Len()+len(p) > MaxCapture {
 		b.overflow = true
 		return 0, errors.New("output too large")
 	}
-	return b.Buffer.Write(p)
+	return b.buf.Write(p)
 }
+
+func (b *limitedBuffer) String() string { return b.buf.String() }
 
 // tailBuffer keeps the last max bytes written.
 type tailBuffer struct {

@@ -138,7 +138,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if isFile && term.IsTerminal(int(f.Fd())) {
 			hopts.Interactive = true
 			return runHost(hopts, o, stderr, true, func(h *runtime.Host) error {
-				return h.REPL(runtime.REPLConfig{HistoryFile: historyFile(), Stdin: f, Stdout: stdout, Stderr: stderr})
+				return h.REPL(runtime.REPLConfig{HistoryFile: historyFile(), Stdin: f, Stdout: stdout, Stderr: stderr, Verbose: o.verbose})
 			})
 		}
 		src, err := io.ReadAll(stdin)
@@ -182,7 +182,7 @@ func printResults(h *runtime.Host, stdout io.Writer, src, name string, argv []st
 		return err
 	}
 	if len(vals) > 0 {
-		fmt.Fprintln(stdout, runtime.FormatValues(vals))
+		fmt.Fprintln(stdout, h.FormatValues(vals))
 	}
 	return nil
 }
@@ -210,6 +210,9 @@ func historyFile() string {
 
 func help(args []string, o options, stdout, stderr io.Writer) int {
 	mods := modules()
+	if len(args) > 0 && args[0] == "--markdown" {
+		o.markdown, args = true, args[1:]
+	}
 	if o.markdown {
 		runtime.WriteMarkdown(stdout, mods)
 		return runtime.ExitOK

@@ -341,3 +341,35 @@ func waitFile(t *testing.T, p string) {
 }
 
 var _ = io.Discard
+
+// The demo behind `make run`: it must work with no root and no network and
+// leave nothing behind in $TMPDIR, in a real run and in a dry run.
+func TestDemoLeavesNothingBehind(t *testing.T) {
+	for _, dry := range []bool{false, true} {
+		tmp := t.TempDir()
+		args := []string{"scripts/demo.lua"}
+		if dry {
+			args = append([]string{"--dry-run"}, args...)
+		}
+		cmd := exec.Command(bkrunBin, args...)
+		cmd.Dir = repoRoot(t)
+		cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("dry=%v: %v\n%s", dry, err, out)
+		}
+		want := "demo-03.tar.json"
+		if dry {
+			want = "[dry-run] exec: tar -C"
+		}
+		if !strings.Contains(string(out), want) {
+			t.Errorf("dry=%v: output lacks %q:\n%s", dry, want, out)
+		}
+		if !dry && strings.Contains(string(out), "  demo-01.tar ") {
+			t.Errorf("retention kept demo-01:\n%s", out)
+		}
+		if left, _ := os.ReadDir(tmp); len(left) != 0 {
+			t.Errorf("dry=%v: left behind in TMPDIR: %v", dry, left)
+		}
+	}
+}

@@ -382,20 +382,30 @@ func (b *binding) lock(L *lua.LState) int {
 	o := runtime.OptsAt(L, 2, "fs.lock")
 	wait := o.Duration("wait", 0)
 	o.Done(false)
+	var ll *luaLock
 	if b.h.DryRun() {
-		b.h.DryRunf("fs.lock %s (taken for real: a dry run holds the lock like a run)", p)
+		if _, err := os.Stat(filepath.Dir(p)); os.IsNotExist(err) {
+			// The directory would have been made earlier in a real run;
+			// there is nothing to lock yet, and nothing to conflict with.
+			b.h.DryRunf("fs.lock %s (its directory does not exist yet: would be taken)", p)
+			ll = &luaLock{l: &Lock{Path: p}, step: b.h.Defer("dry-run lock "+p, func(context.Context) error { return nil })}
+		} else {
+			b.h.DryRunf("fs.lock %s (taken for real: a dry run holds the lock like a run)", p)
+		}
 	}
-	l, err := AcquireLock(b.h.Context(), p, wait, strings.Join(os.Args, " "))
-	if err != nil {
-		runtime.Raise(L, "fs.lock", err)
+	if ll == nil {
+		l, err := AcquireLock(b.h.Context(), p, wait, strings.Join(os.Args, " "))
+		if err != nil {
+			runtime.Raise(L, "fs.lock", err)
+		}
+		log := b.h.Logger()
+		log.Debug("fs.lock", "path", p)
+		ll = &luaLock{l: l}
+		ll.step = b.h.Defer("release lock "+p, func(context.Context) error {
+			log.Debug("fs.lock release", "path", p)
+			return l.Release()
+		})
 	}
-	log := b.h.Logger()
-	log.Debug("fs.lock", "path", p)
-	ll := &luaLock{l: l}
-	ll.step = b.h.Defer("release lock "+p, func(context.Context) error {
-		log.Debug("fs.lock release", "path", p)
-		return l.Release()
-	})
 	ud := L.NewUserData()
 	ud.Value = ll
 	L.SetMetatable(ud, L.GetTypeMetatable(lockType))

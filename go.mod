@@ -10,6 +10,6 @@ require (
 	golang.org/x/term v0.47.0
 )
 
-require golang.org/x/sys v0.49.0 // indirect
+require golang.org/x/sys v0.49.0
 
 replace layeh.com/gopher-luar => github.com/layeh/gopher-luar v1.0.11

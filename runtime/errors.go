@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	lua "github.com/yuin/gopher-lua"
 	"github.com/yuin/gopher-lua/parse"
 )
@@ -42,13 +44,10 @@ func (e *SignalError) ExitCode() int {
 }
 
 func signalName(s os.Signal) string {
-	switch s {
-	case syscall.SIGINT:
-		return "SIGINT"
-	case syscall.SIGTERM:
-		return "SIGTERM"
-	case syscall.SIGHUP:
-		return "SIGHUP"
+	if sig, ok := s.(syscall.Signal); ok {
+		if name := unix.SignalName(sig); name != "" {
+			return name
+		}
 	}
 	return s.String()
 }

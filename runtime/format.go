@@ -112,17 +112,8 @@ func (f *formatter) write(v lua.LValue, depth int) {
 // tostring runs v's __tostring metamethod, if it has one. A metamethod
 // that fails is ignored: showing a value must not raise a second error.
 func (f *formatter) tostring(v lua.LValue) (string, bool) {
-	var mt lua.LValue
-	switch v := v.(type) {
-	case *lua.LTable:
-		mt = v.Metatable
-	case *lua.LUserData:
-		mt = v.Metatable
-	default:
-		return "", false
-	}
-	mtt, ok := mt.(*lua.LTable)
-	if !ok {
+	mtt := metatableOf(v)
+	if mtt == nil {
 		return "", false
 	}
 	fn, ok := mtt.RawGetString("__tostring").(*lua.LFunction)
@@ -301,4 +292,17 @@ func isIdent(s string) bool {
 		return false
 	}
 	return true
+}
+
+// metatableOf is the metatable of a table or userdata, or nil.
+func metatableOf(v lua.LValue) *lua.LTable {
+	var mt lua.LValue
+	switch v := v.(type) {
+	case *lua.LTable:
+		mt = v.Metatable
+	case *lua.LUserData:
+		mt = v.Metatable
+	}
+	t, _ := mt.(*lua.LTable)
+	return t
 }

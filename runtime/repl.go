@@ -554,17 +554,8 @@ func eachField(v lua.LValue, fn func(string, lua.LValue)) {
 // indexTable is the __index table of v's metatable, or nil when there is
 // none or it is a function (which completion must not call).
 func indexTable(v lua.LValue) lua.LValue {
-	var mt lua.LValue
-	switch v := v.(type) {
-	case *lua.LTable:
-		mt = v.Metatable
-	case *lua.LUserData:
-		mt = v.Metatable
-	default:
-		return nil
-	}
-	mtt, ok := mt.(*lua.LTable)
-	if !ok {
+	mtt := metatableOf(v)
+	if mtt == nil {
 		return nil
 	}
 	if idx, ok := mtt.RawGetString("__index").(*lua.LTable); ok {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-shellwords"
+	"golang.org/x/sys/unix"
 )
 
 // KillGrace is how long a cancelled command gets between SIGTERM and
@@ -215,25 +216,16 @@ func Run(ctx context.Context, c Cmd) (Result, error) {
 		}
 		res.Status = ee.ExitCode()
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			res.Signal = unix(ws.Signal())
+			res.Signal = signalName(ws.Signal())
 		}
 		return res, &Error{Argv: c.Argv, Status: res.Status, Signal: res.Signal, Stderr: res.Stderr}
 	}
 	return res, nil
 }
 
-func unix(s syscall.Signal) string {
-	switch s {
-	case syscall.SIGKILL:
-		return "SIGKILL"
-	case syscall.SIGTERM:
-		return "SIGTERM"
-	case syscall.SIGINT:
-		return "SIGINT"
-	case syscall.SIGSEGV:
-		return "SIGSEGV"
-	case syscall.SIGPIPE:
-		return "SIGPIPE"
+func signalName(s syscall.Signal) string {
+	if name := unix.SignalName(s); name != "" {
+		return name
 	}
 	return s.String()
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/bkrun/bkrun/runtime"
+	"github.com/bkrun/bkrun/stdlib/disk"
 	"github.com/bkrun/bkrun/stdlib/exec"
 	"github.com/bkrun/bkrun/stdlib/fs"
 	lualog "github.com/bkrun/bkrun/stdlib/log"
@@ -14,5 +15,6 @@ func modules() []*runtime.Module {
 		exec.Module,
 		fs.Module,
 		lualog.Module,
+		disk.Module,
 	}
 }

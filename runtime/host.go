@@ -38,6 +38,8 @@ type Options struct {
 	Stderr    io.Writer
 	// Exit ends the process after os.exit has run the clean-up stack.
 	Exit func(code int)
+	// Progress allows progress bars on Stderr (a terminal, not -q).
+	Progress bool
 }
 
 // Host owns one Lua state and everything that must outlive a single call
@@ -104,6 +106,9 @@ func (h *Host) DryRun() bool { return h.opts.DryRun }
 
 // Stdout is where user-facing output (dry-run actions, print) goes.
 func (h *Host) Stdout() io.Writer { return h.opts.Stdout }
+
+// Progress reports whether long operations may draw a progress bar.
+func (h *Host) Progress() bool { return h.opts.Progress }
 
 // DryRunf prints one planned action under --dry-run.
 func (h *Host) DryRunf(format string, args ...any) {

@@ -511,7 +511,7 @@ func TestREPLOnTerminal(t *testing.T) {
 	expect("\nafter\r\n")
 
 	// Tab completes a global, then a field of it.
-	typeLine("str\t.up\t('x')\r")
+	typeLine("stri\t.up\t('x')\r")
 	expect("string.upper('x')")
 	expect("\nX\r\n")
 

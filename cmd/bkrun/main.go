@@ -102,6 +102,9 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		Stdout:  stdout,
 		Stderr:  stderr,
 	}
+	if f, ok := stderr.(*os.File); ok && !o.quiet && term.IsTerminal(int(f.Fd())) {
+		hopts.Progress = true
+	}
 	switch {
 	case o.codeSet:
 		hopts.Interactive = true

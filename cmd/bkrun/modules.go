@@ -6,6 +6,7 @@ import (
 	"github.com/bkrun/bkrun/stdlib/exec"
 	"github.com/bkrun/bkrun/stdlib/fs"
 	lualog "github.com/bkrun/bkrun/stdlib/log"
+	"github.com/bkrun/bkrun/stdlib/stream"
 )
 
 // modules lists the native modules, in the order `bkrun help` shows them.
@@ -16,5 +17,6 @@ func modules() []*runtime.Module {
 		fs.Module,
 		lualog.Module,
 		disk.Module,
+		stream.Module,
 	}
 }

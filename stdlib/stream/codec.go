@@ -1,0 +1,187 @@
+package stream
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
+)
+
+// BlockSize is the unit of the pipeline: read, hash, compress and write in
+// 1 MiB blocks. It is also the lz4 frame's block size (lz4 allows 64 KiB,
+// 256 KiB, 1 MiB or 4 MiB); 1 MiB keeps a dozen blocks in flight well under
+// the pipeline's memory budget.
+const BlockSize = 1 << 20
+
+// Codecs lists the supported codecs.
+var Codecs = []string{"lz4", "zstd", "none"}
+
+// Encoder encodes independent blocks, so that blocks can be compressed on
+// all cores and written in order. The output of Header, the encoded blocks
+// in order, and Trailer is a standard stream: an lz4 frame that `lz4 -d`
+// decodes, a sequence of zstd frames that `zstd -d` decodes, or raw bytes.
+type Encoder interface {
+	Name() string
+	Ext() string // file name extension, "" for none
+	Header() []byte
+	Trailer() []byte
+	// Encode appends the encoding of one block (at most BlockSize bytes)
+	// to dst. Safe for concurrent use.
+	Encode(dst, src []byte) []byte
+	// Zero is the encoding of a full all-zero block, computed once: a
+	// zero-filled disk must not cost a compression per block.
+	Zero() []byte
+}
+
+// NewEncoder returns the encoder for a codec name.
+func NewEncoder(name string) (Encoder, error) {
+	var e Encoder
+	switch name {
+	case "lz4":
+		e = newLZ4()
+	case "zstd":
+		z, err := newZstd()
+		if err != nil {
+			return nil, err
+		}
+		e = z
+	case "none", "":
+		e = rawEncoder{}
+	default:
+		return nil, fmt.Errorf("unknown codec %q (lz4, zstd, none)", name)
+	}
+	return e, nil
+}
+
+var zeroBlock = make([]byte, BlockSize)
+
+// ---- lz4 ----
+
+// lz4Encoder writes an lz4 frame (format spec v1.6.x) with independent 1 MiB
+// blocks and no checksums: integrity is the BLAKE3 tree hash recorded in the
+// catalogue, which restore verifies. Each block is prefixed by its 4-byte
+// little-endian size; the high bit marks a block stored uncompressed
+// (random data), exactly as lz4 itself does.
+type lz4Encoder struct {
+	header []byte
+	zero   []byte
+	pool   sync.Pool // *lz4.Compressor: its hash table is not concurrency-safe
+}
+
+var lz4Header = func() []byte {
+	// Let the library write the frame descriptor, including its header
+	// checksum, rather than re-implementing xxh32 for two bytes.
+	var b bytes.Buffer
+	w := lz4.NewWriter(&b)
+	if err := w.Apply(lz4.BlockSizeOption(lz4.Block1Mb), lz4.ChecksumOption(false)); err != nil {
+		panic(err)
+	}
+	if err := w.Close(); err != nil {
+		panic(err)
+	}
+	h := b.Bytes()[:7]
+	// magic, FLG = version 01 + independent blocks, BD = 1 MiB blocks.
+	if binary.LittleEndian.Uint32(h) != 0x184D2204 || h[4] != 0x60 || h[5] != 0x60 {
+		panic(fmt.Sprintf("unexpected lz4 frame header % x", h))
+	}
+	return append([]byte(nil), h...)
+}()
+
+func newLZ4() *lz4Encoder {
+	e := &lz4Encoder{header: lz4Header}
+	e.pool.New = func() any { return new(lz4.Compressor) }
+	e.zero = e.Encode(nil, zeroBlock)
+	return e
+}
+
+func (e *lz4Encoder) Name() string    { return "lz4" }
+func (e *lz4Encoder) Ext() string     { return ".lz4" }
+func (e *lz4Encoder) Header() []byte  { return e.header }
+func (e *lz4Encoder) Trailer() []byte { return []byte{0, 0, 0, 0} } // end mark
+func (e *lz4Encoder) Zero() []byte    { return e.zero }
+
+func (e *lz4Encoder) Encode(dst, src []byte) []byte {
+	start := len(dst)
+	need := 4 + lz4.CompressBlockBound(len(src))
+	if cap(dst)-start < need {
+		nd := make([]byte, start, start+need)
+		copy(nd, dst)
+		dst = nd
+	}
+	dst = dst[:start+need]
+	c := e.pool.Get().(*lz4.Compressor)
+	n, err := c.CompressBlock(src, dst[start+4:])
+	e.pool.Put(c)
+	if err != nil || n == 0 || n >= len(src) {
+		// Incompressible: store as is.
+		binary.LittleEndian.PutUint32(dst[start:], uint32(len(src))|0x80000000)
+		copy(dst[start+4:], src)
+		return dst[:start+4+len(src)]
+	}
+	binary.LittleEndian.PutUint32(dst[start:], uint32(n))
+	return dst[:start+4+n]
+}
+
+// ---- zstd ----
+
+// zstdEncoder writes each block as its own zstd frame (with content size and
+// checksum); `zstd -d` decodes a concatenation of frames as one stream.
+type zstdEncoder struct {
+	enc  *zstd.Encoder
+	zero []byte
+}
+
+func newZstd() (*zstdEncoder, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(true))
+	if err != nil {
+		return nil, err
+	}
+	e := &zstdEncoder{enc: enc}
+	e.zero = e.Encode(nil, zeroBlock)
+	return e, nil
+}
+
+func (e *zstdEncoder) Name() string                  { return "zstd" }
+func (e *zstdEncoder) Ext() string                   { return ".zst" }
+func (e *zstdEncoder) Header() []byte                { return nil }
+func (e *zstdEncoder) Trailer() []byte               { return nil }
+func (e *zstdEncoder) Zero() []byte                  { return e.zero }
+func (e *zstdEncoder) Encode(dst, src []byte) []byte { return e.enc.EncodeAll(src, dst) }
+
+// ---- none ----
+
+type rawEncoder struct{}
+
+func (rawEncoder) Name() string                  { return "none" }
+func (rawEncoder) Ext() string                   { return "" }
+func (rawEncoder) Header() []byte                { return nil }
+func (rawEncoder) Trailer() []byte               { return nil }
+func (rawEncoder) Zero() []byte                  { return zeroBlock }
+func (rawEncoder) Encode(dst, src []byte) []byte { return append(dst, src...) }
+
+// NewDecoder returns a reader of the logical bytes of an encoded stream.
+// Corrupt or truncated input makes Read fail; it never yields silently
+// short data for a truncated lz4 frame (the end mark is required).
+func NewDecoder(codec string, r io.Reader) (io.ReadCloser, error) {
+	switch codec {
+	case "lz4":
+		zr := lz4.NewReader(r)
+		if err := zr.Apply(lz4.ConcurrencyOption(-1)); err != nil {
+			return nil, err
+		}
+		return io.NopCloser(zr), nil
+	case "zstd":
+		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(0), zstd.WithDecoderLowmem(true))
+		if err != nil {
+			return nil, err
+		}
+		return d.IOReadCloser(), nil
+	case "none":
+		return io.NopCloser(r), nil
+	}
+	return nil, fmt.Errorf("unknown codec %q", codec)
+}

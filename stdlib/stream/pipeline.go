@@ -49,10 +49,16 @@ func (s Stats) Rate() float64 {
 // CopyOptions tune Copy.
 type CopyOptions struct {
 	Encoder Encoder
-	// Workers read, hash and encode blocks; more workers than cores keep
-	// reads in flight while others compress. Default: 2 × GOMAXPROCS, at
-	// least 4.
+	// Readers is the number of reads kept in flight for a block source:
+	// under O_DIRECT the kernel does no readahead, so one outstanding read
+	// leaves the disk idle while a block is compressed. Default 4.
+	Readers int
+	// Workers hash and encode blocks. Default GOMAXPROCS.
 	Workers int
+	// Slots bounds the blocks in flight (read, encoded or waiting to be
+	// written in order); each costs one input and at most one output
+	// buffer of BlockSize. Default 16.
+	Slots int
 	// Progress, if set, is called by the writer with the logical bytes done.
 	Progress func(done int64)
 }
@@ -63,29 +69,41 @@ type job struct {
 	n    int
 	zero bool
 	hole bool
-	out  []byte // encoded block (may alias the encoder's zero block)
-	obuf []byte // reusable output buffer
+	out  []byte  // encoded block (may alias the encoder's zero block)
+	obuf *[]byte // pooled output buffer, returned after the write
 	leaf [32]byte
 	err  error
 	done chan struct{}
 }
 
+// outPool holds encode buffers: only blocks that are really encoded take
+// one, so zeroed space costs no memory either.
+var outPool = sync.Pool{New: func() any { b := make([]byte, 0, BlockSize+BlockSize/255+64); return &b }}
+
 // ErrSourceShort reports a block source that ended before its size.
 var ErrSourceShort = errors.New("source ended before its size")
 
 // Copy streams src (a BlockReader or an io.Reader) through the encoder into
-// dst and returns what it did. Memory is bounded by the number of jobs in
-// flight (workers + 4 blocks of input and output), whatever the size.
-// When ctx is cancelled Copy returns promptly with the context's cause.
+// dst and returns what it did. Blocks are read by several readers, hashed
+// and encoded by one worker per core, and written in order by the calling
+// goroutine. Memory is bounded by Slots whatever the size. When ctx is
+// cancelled Copy returns promptly with the context's cause.
 func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, error) {
 	enc := o.Encoder
 	if enc == nil {
 		enc = rawEncoder{}
 	}
-	workers := o.Workers
-	if workers <= 0 {
-		workers = max(4, 2*runtime.GOMAXPROCS(0))
+	readers, workers, slots := o.Readers, o.Workers, o.Slots
+	if readers <= 0 {
+		readers = 4
 	}
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	if slots <= 0 {
+		slots = 16
+	}
+	slots = max(slots, readers+workers+1)
 	var br BlockReader
 	var sr io.Reader
 	switch s := src.(type) {
@@ -104,21 +122,19 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	slots := workers + 4
 	free := make(chan *job, slots)
 	for i := 0; i < slots; i++ {
 		free <- &job{buf: disk.AlignedBuffer(BlockSize)}
 	}
-	order := make(chan *job, slots)
-	work := make(chan *job, slots)
-	var wg sync.WaitGroup
+	order := make(chan *job, slots)  // every job, in offset order, for the writer
+	toRead := make(chan *job, slots) // jobs whose block a reader must fetch
+	toWork := make(chan *job, slots) // jobs with their data, to hash and encode
+	var readWG, workWG sync.WaitGroup
 
-	// Dispatcher: hands out block offsets in order. A streaming source is
-	// read here, sequentially; a block source is read by the workers.
-	wg.Add(1)
+	// Dispatcher: hands out offsets in order. A streaming source is read
+	// here, sequentially; a block source is read by the readers.
 	go func() {
-		defer wg.Done()
-		defer close(work)
+		defer close(toRead)
 		defer close(order)
 		for off := int64(0); ; off += BlockSize {
 			if br != nil && off >= br.Size() {
@@ -130,7 +146,7 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 			case <-ctx.Done():
 				return
 			}
-			j.off, j.n, j.zero, j.hole, j.err, j.out = off, 0, false, false, nil, nil
+			j.off, j.n, j.zero, j.hole, j.err, j.out, j.obuf = off, 0, false, false, nil, nil, nil
 			j.done = make(chan struct{})
 			last := false
 			if sr != nil {
@@ -149,20 +165,34 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 				}
 			}
 			order <- j
-			work <- j
+			toRead <- j
 			if last {
 				return
 			}
 		}
 	}()
 
-	for i := 0; i < workers; i++ {
-		wg.Add(1)
+	for i := 0; i < readers; i++ {
+		readWG.Add(1)
 		go func() {
-			defer wg.Done()
-			for j := range work {
+			defer readWG.Done()
+			for j := range toRead {
+				if br != nil && j.err == nil && ctx.Err() == nil {
+					readBlock(j, br)
+				}
+				toWork <- j
+			}
+		}()
+	}
+	go func() { readWG.Wait(); close(toWork) }()
+
+	for i := 0; i < workers; i++ {
+		workWG.Add(1)
+		go func() {
+			defer workWG.Done()
+			for j := range toWork {
 				if j.err == nil && ctx.Err() == nil {
-					process(j, br, enc)
+					encodeBlock(j, enc)
 				}
 				close(j.done)
 			}
@@ -198,14 +228,24 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 			if o.Progress != nil {
 				o.Progress(st.Size)
 			}
+			if j.obuf != nil {
+				*j.obuf = j.out[:0]
+				outPool.Put(j.obuf)
+				j.obuf = nil
+			}
+			j.out = nil
 			free <- j
 		}
 		return nil
 	}()
 	if err != nil {
 		cancel(err)
+		// Let the dispatcher, readers and workers run out: they see the
+		// cancelled context and skip their work.
+		for range order {
+		}
 	}
-	wg.Wait()
+	workWG.Wait()
 	if err == nil && ctx.Err() != nil {
 		err = context.Cause(ctx)
 	}
@@ -225,20 +265,23 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 	return st, nil
 }
 
-// process reads (for a block source), hashes and encodes one block.
-func process(j *job, br BlockReader, enc Encoder) {
-	if br != nil {
-		n, hole, err := br.ReadBlock(j.buf[:BlockSize], j.off)
-		if err != nil {
-			j.err = fmt.Errorf("reading at offset %d: %w", j.off, err)
-			return
-		}
-		if n == 0 {
-			j.err = fmt.Errorf("%w: nothing at offset %d", ErrSourceShort, j.off)
-			return
-		}
-		j.n, j.hole = n, hole
+// readBlock fetches one block of a block source.
+func readBlock(j *job, br BlockReader) {
+	n, hole, err := br.ReadBlock(j.buf[:BlockSize], j.off)
+	if err != nil {
+		j.err = fmt.Errorf("reading at offset %d: %w", j.off, err)
+		return
 	}
+	if n == 0 {
+		j.err = fmt.Errorf("%w: nothing at offset %d", ErrSourceShort, j.off)
+		return
+	}
+	j.n, j.hole = n, hole
+}
+
+// encodeBlock hashes and encodes one block; all-zero blocks take the
+// precomputed encoding and leaf.
+func encodeBlock(j *job, enc Encoder) {
 	data := j.buf[:j.n]
 	if j.hole || disk.IsZero(data) {
 		j.zero = true
@@ -249,6 +292,6 @@ func process(j *job, br BlockReader, enc Encoder) {
 		}
 	}
 	j.leaf = Leaf(data)
-	j.obuf = enc.Encode(j.obuf[:0], data)
-	j.out = j.obuf
+	j.obuf = outPool.Get().(*[]byte)
+	j.out = enc.Encode((*j.obuf)[:0], data)
 }

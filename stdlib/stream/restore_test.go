@@ -229,3 +229,17 @@ func writeMetaFile(t *testing.T, path string, m *Meta) {
 		t.Fatal(err)
 	}
 }
+
+// An output never replaces a device node or a symlink, even with
+// overwrite: renaming over /dev/null would destroy it.
+func TestFileSinkNeverReplacesSpecialFiles(t *testing.T) {
+	if _, err := CreateFile("/dev/null", true); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("/dev/null: %v", err)
+	}
+	dir := t.TempDir()
+	link := filepath.Join(dir, "link")
+	os.Symlink("/etc/passwd", link)
+	if _, err := CreateFile(link, true); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("symlink: %v", err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -69,6 +70,7 @@ type FileSink struct {
 	tmp  string
 	f    *os.File
 	done bool
+	wb   writeBehind
 }
 
 // CreateFile opens a sink for path. An existing path is refused unless
@@ -84,9 +86,14 @@ func CreateFile(path string, overwrite bool) (*FileSink, error) {
 	case !st.IsDir():
 		return nil, fmt.Errorf("%s: %s is not a directory", path, dir)
 	}
-	if st, err := os.Stat(path); err == nil {
+	if st, err := os.Lstat(path); err == nil {
 		if st.IsDir() {
 			return nil, fmt.Errorf("%s: is a directory", path)
+		}
+		if !st.Mode().IsRegular() {
+			// Renaming over a device node or a symlink would destroy it
+			// (or write through it); an output is always a regular file.
+			return nil, fmt.Errorf("%s: exists and is not a regular file (%s); refusing to replace it", path, st.Mode().Type())
 		}
 		if !overwrite {
 			return nil, fmt.Errorf("%s: already exists (overwrite=true replaces it once the new backup is complete)", path)
@@ -96,13 +103,17 @@ func CreateFile(path string, overwrite bool) (*FileSink, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &FileSink{Path: path, tmp: f.Name(), f: f}, nil
+	return &FileSink{Path: path, tmp: f.Name(), f: f, wb: writeBehind{fd: int(f.Fd())}}, nil
 }
 
 // TempPath is the name the output has until Commit.
 func (s *FileSink) TempPath() string { return s.tmp }
 
-func (s *FileSink) Write(p []byte) (int, error) { return s.f.Write(p) }
+func (s *FileSink) Write(p []byte) (int, error) {
+	n, err := s.f.Write(p)
+	s.wb.wrote(int64(n))
+	return n, err
+}
 
 // Commit makes the output durable and visible: fsync, then the catalogue
 // entry (if meta is not nil) and the image are renamed into place, image
@@ -180,4 +191,36 @@ func syncDir(dir string) error {
 func jsonMarshal(m *Meta) ([]byte, error) {
 	b, err := json.MarshalIndent(m, "", "  ")
 	return append(b, '\n'), err
+}
+
+// writeBehind starts writeback of the output while the copy goes on, so
+// the final fsync does not wait for hundreds of megabytes at once, and
+// drops written pages from the cache so that a backup does not evict the
+// machine's working set. Without it the kernel starts writing only when
+// dirty pages reach dirty_background_ratio (gigabytes on a large machine)
+// and the whole output is flushed by the fsync at the end.
+type writeBehind struct {
+	fd      int
+	written int64 // bytes written so far
+	started int64 // writeback started up to here
+	settled int64 // written back and dropped up to here
+}
+
+const writeBehindChunk = 8 << 20
+
+func (w *writeBehind) wrote(n int64) {
+	w.written += n
+	if w.written-w.started < writeBehindChunk {
+		return
+	}
+	// Start writeback of what was just written (does not wait)...
+	_ = unix.SyncFileRange(w.fd, w.started, w.written-w.started, unix.SYNC_FILE_RANGE_WRITE)
+	w.started = w.written
+	// ...and wait for an older range, then drop it from the page cache.
+	if end := w.started - 2*writeBehindChunk; end > w.settled {
+		_ = unix.SyncFileRange(w.fd, w.settled, end-w.settled,
+			unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
+		_ = unix.Fadvise(w.fd, w.settled, end-w.settled, unix.FADV_DONTNEED)
+		w.settled = end
+	}
 }

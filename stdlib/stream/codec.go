@@ -69,8 +69,23 @@ var zeroBlock = make([]byte, BlockSize)
 type lz4Encoder struct {
 	header []byte
 	zero   []byte
-	pool   sync.Pool // *lz4.Compressor: its hash table is not concurrency-safe
+	pool   sync.Pool // *lz4State: the compressor's hash table is not concurrency-safe
 }
+
+type lz4State struct {
+	c       lz4.Compressor
+	sample  []byte
+	scratch []byte
+}
+
+// Incompressible data (encrypted or already compressed files, random
+// fill) is detected on a sample of four 8 KiB pieces before the whole
+// block is compressed: compressing 1 MiB of it only to store it raw would
+// cost as much as the rest of the pipeline.
+const (
+	samplePiece  = 8 << 10
+	samplePieces = 4
+)
 
 var lz4Header = func() []byte {
 	// Let the library write the frame descriptor, including its header
@@ -93,7 +108,9 @@ var lz4Header = func() []byte {
 
 func newLZ4() *lz4Encoder {
 	e := &lz4Encoder{header: lz4Header}
-	e.pool.New = func() any { return new(lz4.Compressor) }
+	e.pool.New = func() any {
+		return &lz4State{sample: make([]byte, samplePiece*samplePieces), scratch: make([]byte, lz4.CompressBlockBound(samplePiece*samplePieces))}
+	}
 	e.zero = e.Encode(nil, zeroBlock)
 	return e
 }
@@ -113,9 +130,12 @@ func (e *lz4Encoder) Encode(dst, src []byte) []byte {
 		dst = nd
 	}
 	dst = dst[:start+need]
-	c := e.pool.Get().(*lz4.Compressor)
-	n, err := c.CompressBlock(src, dst[start+4:])
-	e.pool.Put(c)
+	s := e.pool.Get().(*lz4State)
+	n, err := 0, error(nil)
+	if compressible(s, src) {
+		n, err = s.c.CompressBlock(src, dst[start+4:])
+	}
+	e.pool.Put(s)
 	if err != nil || n == 0 || n >= len(src) {
 		// Incompressible: store as is.
 		binary.LittleEndian.PutUint32(dst[start:], uint32(len(src))|0x80000000)
@@ -124,6 +144,20 @@ func (e *lz4Encoder) Encode(dst, src []byte) []byte {
 	}
 	binary.LittleEndian.PutUint32(dst[start:], uint32(n))
 	return dst[:start+4+n]
+}
+
+// compressible compresses a sample of src and reports whether it shrank
+// by more than 1/32.
+func compressible(s *lz4State, src []byte) bool {
+	if len(src) < 8*samplePiece*samplePieces {
+		return true
+	}
+	step := len(src) / samplePieces
+	for i := 0; i < samplePieces; i++ {
+		copy(s.sample[i*samplePiece:(i+1)*samplePiece], src[i*step:])
+	}
+	n, err := s.c.CompressBlock(s.sample, s.scratch)
+	return err == nil && n > 0 && n < len(s.sample)-len(s.sample)/32
 }
 
 // ---- zstd ----

@@ -55,17 +55,21 @@ type CopyOptions struct {
 	Readers int
 	// Workers hash and encode blocks. Default GOMAXPROCS.
 	Workers int
-	// Slots bounds the blocks in flight (read, encoded or waiting to be
-	// written in order); each costs one input and at most one output
-	// buffer of BlockSize. Default 16.
-	Slots int
+	// InBuffers bounds blocks being read or encoded (BlockSize each).
+	// Default 8.
+	InBuffers int
+	// OutBlocks bounds encoded blocks waiting to be written in order (at
+	// most BlockSize each). Zero blocks take neither: a long run of zeroed
+	// space is read ahead while earlier data is still being compressed.
+	// Default 24.
+	OutBlocks int
 	// Progress, if set, is called by the writer with the logical bytes done.
 	Progress func(done int64)
 }
 
 type job struct {
 	off  int64
-	buf  []byte // aligned input buffer, BlockSize long
+	buf  []byte // input buffer while the block is read and encoded
 	n    int
 	zero bool
 	hole bool
@@ -83,27 +87,38 @@ var outPool = sync.Pool{New: func() any { b := make([]byte, 0, BlockSize+BlockSi
 // ErrSourceShort reports a block source that ended before its size.
 var ErrSourceShort = errors.New("source ended before its size")
 
+// lookahead bounds how far the dispatcher runs ahead of the writer, in
+// blocks. A pending zero block holds no buffer, only its small job record.
+const lookahead = 1024
+
 // Copy streams src (a BlockReader or an io.Reader) through the encoder into
 // dst and returns what it did. Blocks are read by several readers, hashed
 // and encoded by one worker per core, and written in order by the calling
-// goroutine. Memory is bounded by Slots whatever the size. When ctx is
-// cancelled Copy returns promptly with the context's cause.
+// goroutine. Memory is bounded by InBuffers and OutBlocks whatever the
+// size. When ctx is cancelled Copy returns promptly with the cause.
+//
+// Deadlock freedom: the dispatcher takes a block's input buffer and output
+// token in offset order, so the block the writer waits for always holds
+// what it needs; readers and workers never block on each other.
 func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, error) {
 	enc := o.Encoder
 	if enc == nil {
 		enc = rawEncoder{}
 	}
-	readers, workers, slots := o.Readers, o.Workers, o.Slots
+	readers, workers := o.Readers, o.Workers
 	if readers <= 0 {
 		readers = 4
 	}
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	if slots <= 0 {
-		slots = 16
+	nIn, nOut := o.InBuffers, o.OutBlocks
+	if nIn <= 0 {
+		nIn = 8
 	}
-	slots = max(slots, readers+workers+1)
+	if nOut <= 0 {
+		nOut = 24
+	}
 	var br BlockReader
 	var sr io.Reader
 	switch s := src.(type) {
@@ -122,13 +137,17 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	free := make(chan *job, slots)
-	for i := 0; i < slots; i++ {
-		free <- &job{buf: disk.AlignedBuffer(BlockSize)}
+	inFree := make(chan []byte, nIn)
+	for i := 0; i < nIn; i++ {
+		inFree <- disk.AlignedBuffer(BlockSize)
 	}
-	order := make(chan *job, slots)  // every job, in offset order, for the writer
-	toRead := make(chan *job, slots) // jobs whose block a reader must fetch
-	toWork := make(chan *job, slots) // jobs with their data, to hash and encode
+	outTokens := make(chan struct{}, nOut)
+	for i := 0; i < nOut; i++ {
+		outTokens <- struct{}{}
+	}
+	order := make(chan *job, lookahead) // every job, in offset order, for the writer
+	toRead := make(chan *job, nIn)      // jobs whose block a reader must fetch
+	toWork := make(chan *job, nIn)      // jobs with their data, to hash and encode
 	var readWG, workWG sync.WaitGroup
 
 	// Dispatcher: hands out offsets in order. A streaming source is read
@@ -140,23 +159,26 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 			if br != nil && off >= br.Size() {
 				return
 			}
-			var j *job
 			select {
-			case j = <-free:
+			case <-outTokens:
 			case <-ctx.Done():
 				return
 			}
-			j.off, j.n, j.zero, j.hole, j.err, j.out, j.obuf = off, 0, false, false, nil, nil, nil
-			j.done = make(chan struct{})
+			var buf []byte
+			select {
+			case buf = <-inFree:
+			case <-ctx.Done():
+				return
+			}
+			j := &job{off: off, buf: buf, done: make(chan struct{})}
 			last := false
 			if sr != nil {
-				n, err := io.ReadFull(sr, j.buf[:BlockSize])
+				n, err := io.ReadFull(sr, buf[:BlockSize])
 				j.n = n
 				switch {
 				case err == io.EOF || err == io.ErrUnexpectedEOF:
 					last = true
 					if n == 0 {
-						free <- j
 						return
 					}
 				case err != nil:
@@ -193,7 +215,12 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 			for j := range toWork {
 				if j.err == nil && ctx.Err() == nil {
 					encodeBlock(j, enc)
+					if j.zero {
+						outTokens <- struct{}{} // zero blocks are written from the shared encoding
+					}
 				}
+				inFree <- j.buf
+				j.buf = nil
 				close(j.done)
 			}
 		}()
@@ -220,6 +247,8 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 			st.Size += int64(j.n)
 			if j.zero {
 				st.ZeroBytes += int64(j.n)
+			} else {
+				outTokens <- struct{}{}
 			}
 			if j.hole {
 				st.HoleBytes += int64(j.n)
@@ -231,10 +260,7 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 			if j.obuf != nil {
 				*j.obuf = j.out[:0]
 				outPool.Put(j.obuf)
-				j.obuf = nil
 			}
-			j.out = nil
-			free <- j
 		}
 		return nil
 	}()

@@ -358,15 +358,22 @@ func TestDemoLeavesNothingBehind(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dry=%v: %v\n%s", dry, err, out)
 		}
-		want := "demo-03.tar.json"
+		want := "-03.img.lz4.json"
 		if dry {
-			want = "[dry-run] exec: tar -C"
+			want = "[dry-run] stream.copy "
 		}
 		if !strings.Contains(string(out), want) {
 			t.Errorf("dry=%v: output lacks %q:\n%s", dry, want, out)
 		}
-		if !dry && strings.Contains(string(out), "  demo-01.tar ") {
-			t.Errorf("retention kept demo-01:\n%s", out)
+		if !dry {
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.HasPrefix(l, "kept in ") && (strings.Contains(l, "-01.img") || !strings.Contains(l, "-02.img.lz4 ")) {
+					t.Errorf("retention: %s", l)
+				}
+			}
+			if !strings.Contains(string(out), "restore: ") || !strings.Contains(string(out), "hash:    ") {
+				t.Errorf("no verified restore in the demo output:\n%s", out)
+			}
 		}
 		if left, _ := os.ReadDir(tmp); len(left) != 0 {
 			t.Errorf("dry=%v: left behind in TMPDIR: %v", dry, left)

@@ -6,6 +6,7 @@ import (
 	"github.com/bkrun/bkrun/stdlib/exec"
 	"github.com/bkrun/bkrun/stdlib/fs"
 	lualog "github.com/bkrun/bkrun/stdlib/log"
+	"github.com/bkrun/bkrun/stdlib/ssh"
 	"github.com/bkrun/bkrun/stdlib/stream"
 )
 
@@ -18,5 +19,6 @@ func modules() []*runtime.Module {
 		lualog.Module,
 		disk.Module,
 		stream.Module,
+		ssh.Module,
 	}
 }

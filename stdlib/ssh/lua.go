@@ -1,0 +1,272 @@
+package ssh
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/bkrun/bkrun/runtime"
+	"github.com/bkrun/bkrun/stdlib/exec"
+	lua "github.com/yuin/gopher-lua"
+)
+
+// Module binds ssh to Lua.
+var Module = &runtime.Module{
+	Name:    "ssh",
+	Summary: "SSH connections: remote commands and files, host keys checked",
+	Doc: `ssh.connect opens one authenticated connection that later calls reuse.
+The destination is "[user@]host[:port]"; host may be a Host alias of
+~/.ssh/config, whose HostName, User, Port and IdentityFile apply (explicit
+options win). Authentication uses ssh-agent (SSH_AUTH_SOCK) first, then the
+identity files (default ~/.ssh/id_ed25519, id_ecdsa, id_rsa). An encrypted
+key needs an agent: bkrun never asks for a passphrase.
+
+Host keys are checked against ~/.ssh/known_hosts. An unknown host is an error
+unless accept_new=true, which records its key; a CHANGED key is always
+refused, naming the known_hosts line. Connect and handshake share one
+timeout (default 15 s); a keepalive every 15 s closes the connection after 3
+unanswered ones, so a dead peer fails the running call instead of hanging it.
+
+Connections are closed by the clean-up stack at the end of the run, or
+earlier by conn:close(). Under --dry-run, connect still connects (it changes
+nothing) and commands are printed, not run, unless marked safe=true.`,
+	Funcs: []runtime.Func{
+		{Name: "connect", Sig: "ssh.connect(dest [, {port=, user=, identity=, known_hosts=, accept_new=false, timeout=15, keepalive=15, config=}]) -> conn",
+			Doc: `Connect and authenticate. identity is a key file or a list of them;
+config is the ssh_config file to read ("none": none); timeout and keepalive
+are seconds or "30s" (keepalive=0 disables it).`},
+		{Name: "conn:exec", Sig: "conn:exec(cmd [, {stdin=string, check=true, safe=false, timeout=}]) -> {ok, status, signal, stdout, stderr}",
+			Doc: `Run a remote shell command line and capture its output (for small outputs;
+move data with stream.copy). A non-zero exit raises "ssh: user@host:port:
+remote command "cmd" exited N: <last lines of stderr>" unless check=false.`},
+		{Name: "conn:output", Sig: "conn:output(cmd [, {safe=false, timeout=}]) -> string",
+			Doc: "Run a remote command and return its stdout with surrounding white space trimmed."},
+		{Name: "conn:close", Sig: "conn:close()",
+			Doc: "Close the connection now instead of at the end of the run."},
+	},
+	Open: open,
+}
+
+const connType = "ssh.conn"
+
+type luaConn struct {
+	c    *Conn
+	step *runtime.Step
+}
+
+// FromLua returns the connection inside a conn userdata (for modules such
+// as stream that write to a remote host).
+func FromLua(v lua.LValue) (*Conn, bool) {
+	if ud, ok := v.(*lua.LUserData); ok {
+		if lc, ok := ud.Value.(*luaConn); ok {
+			return lc.c, true
+		}
+	}
+	return nil, false
+}
+
+func open(h *runtime.Host, L *lua.LState) *lua.LTable {
+	b := &binding{h: h}
+	mt := L.NewTypeMetatable(connType)
+	methods := map[string]*lua.LFunction{
+		"exec":   L.NewFunction(func(L *lua.LState) int { return b.exec(L, false) }),
+		"output": L.NewFunction(func(L *lua.LState) int { return b.exec(L, true) }),
+		"close":  L.NewFunction(b.close),
+	}
+	L.SetField(mt, "__index", L.NewFunction(func(L *lua.LState) int {
+		lc := checkConn(L, "ssh.conn")
+		switch k := L.CheckString(2); k {
+		case "host":
+			L.Push(lua.LString(lc.c.Host))
+		case "port":
+			L.Push(lua.LNumber(lc.c.Port))
+		case "user":
+			L.Push(lua.LString(lc.c.User))
+		default:
+			if f, ok := methods[k]; ok {
+				L.Push(f)
+			} else {
+				L.Push(lua.LNil)
+			}
+		}
+		return 1
+	}))
+	L.SetField(mt, "__tostring", L.NewFunction(func(L *lua.LState) int {
+		lc := checkConn(L, "tostring")
+		L.Push(lua.LString("ssh.conn(" + lc.c.String() + ")"))
+		return 1
+	}))
+	return runtime.Table(L, map[string]lua.LGFunction{"connect": b.connect})
+}
+
+type binding struct{ h *runtime.Host }
+
+func checkConn(L *lua.LState, fn string) *luaConn {
+	if ud, ok := L.Get(1).(*lua.LUserData); ok {
+		if lc, ok := ud.Value.(*luaConn); ok {
+			return lc
+		}
+	}
+	runtime.TypeError(L, 1, fn, "ssh connection (call it as conn:"+strings.TrimPrefix(fn, "conn:")+"(...))")
+	return nil
+}
+
+func (b *binding) connect(L *lua.LState) int {
+	const fn = "ssh.connect"
+	dest, ok := L.Get(1).(lua.LString)
+	if !ok {
+		runtime.TypeError(L, 1, fn, "string ([user@]host[:port])")
+	}
+	o := runtime.OptsAt(L, 2, fn)
+	opts := Options{
+		User:           o.String("user", ""),
+		Port:           int(o.Int("port", 0)),
+		KnownHosts:     o.String("known_hosts", ""),
+		AcceptNew:      o.Bool("accept_new", false),
+		ConfigFile:     o.String("config", ""),
+		ConnectTimeout: o.Duration("timeout", 0),
+		KeepAlive:      o.Duration("keepalive", DefaultKeepAlive),
+	}
+	if opts.KeepAlive == 0 {
+		opts.KeepAlive = -1
+	}
+	if opts.Port < 0 || opts.Port > 65535 {
+		runtime.ArgError(L, 2, fn, fmt.Sprintf("option 'port': %d is not a port", opts.Port))
+	}
+	o.Has("identity")
+	var idv lua.LValue = lua.LNil
+	if t, ok := L.Get(2).(*lua.LTable); ok {
+		idv = t.RawGetString("identity")
+	}
+	switch v := idv.(type) {
+	case *lua.LNilType:
+	case lua.LString:
+		opts.Identity = []string{string(v)}
+	case *lua.LTable:
+		for i := 1; i <= v.Len(); i++ {
+			s, ok := v.RawGetInt(i).(lua.LString)
+			if !ok {
+				runtime.ArgError(L, 2, fn, "option 'identity': a key file or a list of key files expected")
+			}
+			opts.Identity = append(opts.Identity, string(s))
+		}
+	default:
+		runtime.ArgError(L, 2, fn, "option 'identity': string or list of strings expected, got "+v.Type().String())
+	}
+	o.Done(false)
+	log := b.h.Logger()
+	if b.h.DryRun() {
+		b.h.DryRunf("ssh.connect %s (connecting for real: a connection changes nothing)", string(dest))
+	}
+	c, err := Dial(b.h.Context(), string(dest), opts)
+	if err != nil {
+		runtime.Raise(L, fn, err)
+	}
+	log.Debug("ssh connected", "dest", c.String())
+	name := c.String()
+	lc := &luaConn{c: c}
+	lc.step = b.h.Defer("close ssh connection "+name, func(context.Context) error {
+		log.Debug("ssh close", "dest", name)
+		return c.Close()
+	})
+	ud := L.NewUserData()
+	ud.Value = lc
+	L.SetMetatable(ud, L.GetTypeMetatable(connType))
+	L.Push(ud)
+	return 1
+}
+
+func (b *binding) close(L *lua.LState) int {
+	lc := checkConn(L, "conn:close")
+	lc.step.Cancel()
+	if err := lc.c.Close(); err != nil {
+		runtime.Raise(L, "conn:close", err)
+	}
+	return 0
+}
+
+func (b *binding) exec(L *lua.LState, output bool) int {
+	fn := "conn:exec"
+	if output {
+		fn = "conn:output"
+	}
+	lc := checkConn(L, fn)
+	cmd, ok := L.Get(2).(lua.LString)
+	if !ok {
+		runtime.TypeError(L, 2, fn, "string (a remote command line)")
+	}
+	if strings.TrimSpace(string(cmd)) == "" {
+		runtime.ArgError(L, 2, fn, "empty command")
+	}
+	o := runtime.OptsAt(L, 3, fn)
+	safe := o.Bool("safe", false)
+	timeout := o.Duration("timeout", 0)
+	var stdin string
+	check := true
+	if !output {
+		stdin = o.String("stdin", "")
+		check = o.Bool("check", true)
+	}
+	o.Done(false)
+	c := lc.c
+	if b.h.DryRun() && !safe {
+		b.h.DryRunf("ssh %s: %s", c.String(), string(cmd))
+		if output {
+			L.Push(lua.LString(""))
+		} else {
+			L.Push(resultTable(L, 0, "", "", ""))
+		}
+		return 1
+	}
+	ctx := b.h.Context()
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, timeout, fmt.Errorf("timed out after %v", timeout))
+		defer cancel()
+	}
+	log := b.h.Logger()
+	log.Debug("ssh exec", "dest", c.String(), "cmd", string(cmd))
+	if output {
+		s, err := c.Output(ctx, string(cmd))
+		if err != nil {
+			runtime.Raise(L, fn, err)
+		}
+		L.Push(lua.LString(s))
+		return 1
+	}
+	var out limitedBuffer
+	errb := &tailBuffer{max: exec.MaxCapture}
+	var in *strings.Reader
+	var err error
+	if stdin != "" {
+		in = strings.NewReader(stdin)
+		err = c.Exec(ctx, string(cmd), in, &out, errb)
+	} else {
+		err = c.Exec(ctx, string(cmd), nil, &out, errb)
+	}
+	if out.overflow {
+		runtime.Raise(L, fn, fmt.Errorf("ssh: %s: %q: output exceeds %d MiB; stream it instead of capturing it", c, string(cmd), exec.MaxCapture>>20))
+	}
+	status, signal := 0, ""
+	if err != nil {
+		ee, ok := err.(*ExitError)
+		if !ok || check {
+			runtime.Raise(L, fn, err)
+		}
+		status, signal = ee.Status, ee.Signal
+	}
+	L.Push(resultTable(L, status, signal, out.String(), errb.String()))
+	return 1
+}
+
+func resultTable(L *lua.LState, status int, signal, stdout, stderr string) *lua.LTable {
+	t := L.NewTable()
+	t.RawSetString("ok", lua.LBool(status == 0 && signal == ""))
+	t.RawSetString("status", lua.LNumber(status))
+	if signal != "" {
+		t.RawSetString("signal", lua.LString(signal))
+	}
+	t.RawSetString("stdout", lua.LString(stdout))
+	t.RawSetString("stderr", lua.LString(stderr))
+	return t
+}

@@ -1,0 +1,276 @@
+package ssh
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"sync"
+
+	"github.com/pkg/sftp"
+)
+
+// SFTP tuning: 64 write requests in flight per file, each as large as an
+// OpenSSH server accepts, behind a 1 MiB buffer.
+const (
+	sftpConcurrency = 64
+	sftpPacket      = 255 << 10 // OpenSSH sftp-server takes up to 256 KiB messages
+	writeBuffer     = 1 << 20
+)
+
+// SFTP returns the connection's SFTP client, started on first use.
+func (c *Conn) SFTP() (*sftp.Client, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sftp == nil && c.sftpErr == nil {
+		c.sftp, c.sftpErr = sftp.NewClient(c.client,
+			sftp.UseConcurrentWrites(true),
+			sftp.UseConcurrentReads(true),
+			sftp.MaxConcurrentRequestsPerFile(sftpConcurrency),
+			sftp.MaxPacketUnchecked(sftpPacket),
+		)
+		if c.sftpErr != nil {
+			c.sftpErr = fmt.Errorf("starting sftp (is the sftp subsystem enabled in sshd_config?): %w", c.sftpErr)
+		}
+	}
+	if c.sftpErr != nil {
+		return nil, c.fail("", c.sftpErr)
+	}
+	return c.sftp, nil
+}
+
+// RemoteFile is a file being written on the remote host under a temporary
+// name; Commit renames it into place, Abort removes it.
+type RemoteFile struct {
+	c         *Conn
+	sc        *sftp.Client
+	Path      string
+	tmp       string
+	overwrite bool
+	f         *sftp.File
+	w         *bufio.Writer
+	n         int64
+	mu        sync.Mutex
+	done      bool
+	err       error
+}
+
+// Create starts writing path on the remote host. The bytes go to
+// DIR/.BASE.partial-RANDOM; nothing appears at path before Commit. A
+// missing directory, or an existing path without overwrite, is refused
+// before anything is written.
+func (c *Conn) Create(p string, overwrite bool) (*RemoteFile, error) {
+	sc, err := c.SFTP()
+	if err != nil {
+		return nil, err
+	}
+	dir, base := path.Split(p)
+	if base == "" || base == "." || base == ".." {
+		return nil, c.fail("create "+p, errors.New("not a file name"))
+	}
+	if dir == "" {
+		dir = "."
+	}
+	fi, err := sc.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, c.fail("create "+p, fmt.Errorf("remote directory %s does not exist", dir))
+	case err != nil:
+		return nil, c.fail("create "+p, fmt.Errorf("remote directory %s: %w", dir, err))
+	case !fi.IsDir():
+		return nil, c.fail("create "+p, fmt.Errorf("%s is not a directory", dir))
+	}
+	if fi, err := sc.Lstat(p); err == nil {
+		switch {
+		case fi.IsDir():
+			return nil, c.fail("create "+p, errors.New("is a directory"))
+		case !fi.Mode().IsRegular():
+			return nil, c.fail("create "+p, fmt.Errorf("exists and is not a regular file (%v); refusing to replace it", fi.Mode().Type()))
+		case !overwrite:
+			return nil, c.fail("create "+p, errors.New("already exists (overwrite=false); the existing file is kept"))
+		}
+		if _, ok := sc.HasExtension("posix-rename@openssh.com"); !ok {
+			return nil, c.fail("create "+p, errors.New("already exists and the server lacks posix-rename@openssh.com, so it cannot be replaced atomically"))
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, c.fail("create "+p, err)
+	}
+	var rnd [6]byte
+	rand.Read(rnd[:])
+	tmp := path.Join(dir, "."+base+".partial-"+hex.EncodeToString(rnd[:]))
+	f, err := sc.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return nil, c.fail("create "+tmp, err)
+	}
+	rf := &RemoteFile{c: c, sc: sc, Path: p, tmp: tmp, overwrite: overwrite, f: f}
+	rf.w = bufio.NewWriterSize(fileWriter{f}, writeBuffer)
+	return rf, nil
+}
+
+// fileWriter hides sftp.File's ReadFrom from bufio (which would bypass
+// the buffer for large copies and, with its own read-ahead, hold whole
+// chunks of the source hostage to a dead connection).
+type fileWriter struct{ f *sftp.File }
+
+func (w fileWriter) Write(p []byte) (int, error) { return w.f.Write(p) }
+
+// TempPath is the temporary name the bytes are written to.
+func (f *RemoteFile) TempPath() string { return f.tmp }
+
+// Written is the number of bytes accepted so far.
+func (f *RemoteFile) Written() int64 { return f.n }
+
+func (f *RemoteFile) Write(p []byte) (int, error) {
+	if f.err != nil {
+		return 0, f.err
+	}
+	if f.done {
+		return 0, f.c.fail("write "+f.Path, os.ErrClosed)
+	}
+	n, err := f.w.Write(p)
+	f.n += int64(n)
+	if err != nil {
+		f.err = f.c.fail("write "+f.tmp, err)
+		return n, f.err
+	}
+	return n, nil
+}
+
+// Commit flushes, syncs (fsync@openssh.com when the server has it), checks
+// the remote size and renames the file into place: with posix-rename when
+// overwriting, with a plain SFTP rename (which refuses an existing target)
+// otherwise. After a failed Commit the temporary file is removed.
+func (f *RemoteFile) Commit() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.done {
+		return f.c.fail("commit "+f.Path, errors.New("already committed or aborted"))
+	}
+	err := f.commit()
+	if err != nil {
+		f.abort()
+	}
+	f.done = true
+	return err
+}
+
+func (f *RemoteFile) commit() error {
+	if f.err != nil {
+		return f.err
+	}
+	if err := f.w.Flush(); err != nil {
+		return f.c.fail("write "+f.tmp, err)
+	}
+	if _, ok := f.sc.HasExtension("fsync@openssh.com"); ok {
+		if err := f.f.Sync(); err != nil {
+			return f.c.fail("fsync "+f.tmp, err)
+		}
+	}
+	fi, err := f.f.Stat()
+	if err != nil {
+		return f.c.fail("stat "+f.tmp, err)
+	}
+	if fi.Size() != f.n {
+		return f.c.fail("commit "+f.Path, fmt.Errorf("remote file has %d bytes, %d were written", fi.Size(), f.n))
+	}
+	if err := f.f.Close(); err != nil {
+		return f.c.fail("close "+f.tmp, err)
+	}
+	f.f = nil
+	if f.overwrite {
+		err = f.sc.PosixRename(f.tmp, f.Path)
+	} else {
+		err = f.sc.Rename(f.tmp, f.Path)
+		if err != nil {
+			if _, serr := f.sc.Lstat(f.Path); serr == nil {
+				err = errors.New("appeared while it was written (overwrite=false); the existing file is kept")
+			}
+		}
+	}
+	if err != nil {
+		return f.c.fail("rename "+f.tmp+" to "+f.Path, err)
+	}
+	return nil
+}
+
+// Abort closes and removes the temporary file. It is a no-op after Commit
+// and safe to call more than once (defer it). When the connection is gone
+// the temporary file may stay behind on the server; it never has the
+// target's name.
+func (f *RemoteFile) Abort() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.done {
+		return nil
+	}
+	f.done = true
+	return f.abort()
+}
+
+func (f *RemoteFile) abort() error {
+	if f.f != nil {
+		f.f.Close()
+		f.f = nil
+	}
+	if err := f.sc.Remove(f.tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return f.c.fail("remove "+f.tmp, err)
+	}
+	return nil
+}
+
+// RemoteReader reads a remote file.
+type RemoteReader struct {
+	f    *sftp.File
+	c    *Conn
+	Path string
+	size int64
+}
+
+// Open opens a remote file for reading.
+func (c *Conn) Open(p string) (*RemoteReader, error) {
+	sc, err := c.SFTP()
+	if err != nil {
+		return nil, err
+	}
+	f, err := sc.Open(p)
+	if err != nil {
+		return nil, c.fail("open "+p, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, c.fail("stat "+p, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, c.fail("open "+p, errors.New("not a regular file"))
+	}
+	return &RemoteReader{f: f, c: c, Path: p, size: fi.Size()}, nil
+}
+
+// Size is the file's size when it was opened.
+func (r *RemoteReader) Size() int64 { return r.size }
+
+func (r *RemoteReader) Read(p []byte) (int, error) {
+	n, err := r.f.Read(p)
+	if err != nil && err != io.EOF {
+		err = r.c.fail("read "+r.Path, err)
+	}
+	return n, err
+}
+
+// WriteTo copies the file to w with concurrent SFTP reads.
+func (r *RemoteReader) WriteTo(w io.Writer) (int64, error) {
+	n, err := r.f.WriteTo(w)
+	if err != nil {
+		err = r.c.fail("read "+r.Path, err)
+	}
+	return n, err
+}
+
+// Close closes the file.
+func (r *RemoteReader) Close() error { return r.f.Close() }

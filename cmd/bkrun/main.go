@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"runtime/debug"
 	"strings"
 
 	"github.com/bkrun/bkrun/runtime"
@@ -24,6 +25,12 @@ import (
 )
 
 func main() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// A backup must not grow with the size of what it copies. The data
+		// path holds ~25 MiB of buffers; this soft limit makes the garbage
+		// collector work harder before the heap doubles past it.
+		debug.SetMemoryLimit(40 << 20)
+	}
 	os.Exit(Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 

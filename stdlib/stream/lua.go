@@ -21,7 +21,7 @@ var Module = &runtime.Module{
 	Doc: `stream.copy reads a source (a disk.open source, a device or image path, or
 any stream a module returns), compresses it on all cores in 1 MiB blocks and
 writes it to a file, computing a BLAKE3 tree hash of the logical image on the
-way. Memory stays bounded (about 30 MiB) whatever the size. Zero blocks (and
+way. Memory stays bounded (about 40 MiB) whatever the size. Zero blocks (and
 holes of sparse images) are neither compressed nor hashed twice: a
 precomputed encoding is written.
 

@@ -3,7 +3,7 @@ package stream
 import (
 	"encoding/hex"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 )
 
 // HashAlgo names the image hash recorded in the catalogue.
@@ -31,7 +31,7 @@ func Leaf(block []byte) [32]byte { return blake3.Sum256(block) }
 type TreeHash struct{ h *blake3.Hasher }
 
 // NewTreeHash starts an image hash.
-func NewTreeHash() *TreeHash { return &TreeHash{h: blake3.New(32, nil)} }
+func NewTreeHash() *TreeHash { return &TreeHash{h: blake3.New()} }
 
 // Add appends the next leaf.
 func (t *TreeHash) Add(leaf [32]byte) { t.h.Write(leaf[:]) }

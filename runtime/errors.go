@@ -84,6 +84,9 @@ func toScriptError(err error) error {
 	}
 	msg := ae.Object.String()
 	if ud, ok := ae.Object.(*lua.LUserData); ok {
+		if ue, ok := ud.Value.(*UsageError); ok {
+			return ue
+		}
 		if e, ok := ud.Value.(error); ok {
 			msg = e.Error()
 		}

@@ -12,7 +12,7 @@ func WriteModuleList(w io.Writer, mods []*Module) {
 	for _, m := range mods {
 		fmt.Fprintf(w, "  %-10s %s\n", m.Name, m.Summary)
 	}
-	fmt.Fprintln(w, "\nGlobals: defer(fn), arg, bkrun.version, bkrun.dry_run, bkrun.script")
+	fmt.Fprintln(w, "\nGlobals: defer(fn), arg, bkrun.version, bkrun.dry_run, bkrun.script, bkrun.usage(msg)")
 }
 
 // WriteModuleHelp prints a module's documentation and functions.
@@ -43,7 +43,8 @@ func WriteMarkdown(w io.Writer, mods []*Module) {
 	fmt.Fprintln(w, "do not edit by hand (`make docs` regenerates it, a test checks it is current).")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Globals: `defer(fn)` registers an undo on the clean-up stack; `arg` holds a")
-	fmt.Fprintln(w, "plain script's arguments; `bkrun.version`, `bkrun.dry_run`, `bkrun.script`.")
+	fmt.Fprintln(w, "plain script's arguments; `bkrun.version`, `bkrun.dry_run`, `bkrun.script`;")
+	fmt.Fprintln(w, "`bkrun.usage(msg)` rejects the recipe's arguments (exit status 2).")
 	fmt.Fprintln(w)
 	for _, m := range mods {
 		fmt.Fprintf(w, "- [%s](#%s) — %s\n", m.Name, m.Name, m.Summary)

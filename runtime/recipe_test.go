@@ -264,3 +264,18 @@ func TestUnsafeStdlibsAreDisabled(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestRecipeUsageErrorFromLua(t *testing.T) {
+	h := New(Options{})
+	defer h.Close()
+	r := mustParse(t, `args = { { name = "x", required = false } }
+function run(a) if not a.x then bkrun.usage("missing argument X") end end`)
+	err := h.RunRecipe(r, nil)
+	var ue *UsageError
+	if !errors.As(err, &ue) || err.Error() != "x.lua: missing argument X (see: bkrun help x.lua)" {
+		t.Fatalf("err = %#v", err)
+	}
+	if ExitCodeOf(err, nil, nil) != ExitUsage {
+		t.Error("exit code")
+	}
+}

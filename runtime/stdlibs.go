@@ -100,10 +100,25 @@ func (h *Host) setGlobals() {
 	L.SetField(b, "version", lua.LString(Version))
 	L.SetField(b, "dry_run", lua.LBool(h.opts.DryRun))
 	L.SetField(b, "script", lua.LString(""))
+	L.SetField(b, "usage", L.NewFunction(h.luaUsage))
 	L.SetGlobal("bkrun", b)
 	if h.opts.Interactive {
 		h.autoloadModules()
 	}
+}
+
+// luaUsage is bkrun.usage(msg): a recipe rejects its arguments the way
+// bkrun does, with exit status 2 and a pointer to its help.
+func (h *Host) luaUsage(L *lua.LState) int {
+	msg := L.CheckString(1)
+	script := lua.LVAsString(L.GetField(L.GetGlobal("bkrun"), "script"))
+	if script != "" {
+		msg = fmt.Sprintf("%s: %s (see: bkrun help %s)", script, msg, script)
+	}
+	ud := L.NewUserData()
+	ud.Value = &UsageError{Msg: msg}
+	L.Error(ud, 0)
+	return 0
 }
 
 // luaDefer is defer(fn): fn runs when the run ends, whatever the outcome.

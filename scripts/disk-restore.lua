@@ -21,7 +21,7 @@ function run(a)
     print(stream.summary(stream.verify(a.backup)) .. ": OK")
     return
   end
-  if not a.target then error("TARGET is required (or give --verify-only)", 0) end
+  if not a.target then bkrun.usage("missing argument TARGET (or give --verify-only)") end
   local r = stream.restore { from = a.backup, to = a.target, overwrite = a.overwrite }
   if r.dry_run then return end
   print(stream.summary(r))

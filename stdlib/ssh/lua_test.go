@@ -1,0 +1,128 @@
+package ssh_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/bkrun/bkrun/internal/sshtest"
+	"github.com/bkrun/bkrun/runtime"
+	"github.com/bkrun/bkrun/stdlib/ssh"
+	lua "github.com/yuin/gopher-lua"
+)
+
+func luaHost(t *testing.T, dry bool) (*runtime.Host, *bytes.Buffer) {
+	var out bytes.Buffer
+	h := runtime.New(runtime.Options{Modules: []*runtime.Module{ssh.Module}, DryRun: dry, Stdout: &out, Stderr: &out})
+	t.Cleanup(h.Close)
+	return h, &out
+}
+
+func connectLua(s *sshtest.Server) string {
+	return `local ssh = require "ssh"
+		local c = ssh.connect("` + s.Dest() + `", {identity = "` + s.Identity() + `", known_hosts = "` + s.KnownHosts() + `", config = "none", timeout = 5})
+`
+}
+
+func TestLuaBinding(t *testing.T) {
+	s := sshtest.Start(t, sshtest.Options{})
+	h, _ := luaHost(t, false)
+	dir := t.TempDir()
+	vals, err := h.RunChunk(connectLua(s)+`
+		assert(tostring(c) == "ssh.conn(`+s.Dest()+`)", tostring(c))
+		assert(c.user == "`+s.User()+`" and c.host == "127.0.0.1")
+		assert(c:output("echo '  hi  '") == "hi")
+		local r = c:exec("cat > `+dir+`/in; cat `+dir+`/in; echo err >&2", {stdin = "from lua"})
+		assert(r.ok and r.status == 0 and r.stdout == "from lua" and r.stderr == "err\n", r.stdout)
+		r = c:exec("exit 4", {check = false})
+		assert(not r.ok and r.status == 4)
+		local ok, msg = pcall(c.exec, c, "echo bad >&2; exit 2")
+		assert(not ok)
+		return msg, c
+	`, "ssh", nil)
+	if err != nil {
+		t.Fatal(runtime.Describe(err, true))
+	}
+	if msg := vals[0].String(); !strings.Contains(msg, `conn:exec: ssh: `+s.Dest()+`: remote command "echo bad >&2; exit 2" exited 2: bad`) {
+		t.Errorf("error message: %s", msg)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "in")); string(b) != "from lua" {
+		t.Errorf("stdin: %q", b)
+	}
+	if c, ok := ssh.FromLua(vals[1]); !ok || c.String() != s.Dest() {
+		t.Error("FromLua")
+	}
+	if _, ok := ssh.FromLua(lua.LString("x")); ok {
+		t.Error("FromLua accepted a string")
+	}
+	// The connection is closed by the clean-up stack.
+	if h.PendingCleanup() != 1 {
+		t.Fatalf("pending clean-up: %d", h.PendingCleanup())
+	}
+	if err := h.RunCleanup(); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := ssh.FromLua(vals[1])
+	if _, err := c.Output(t.Context(), "true"); err == nil {
+		t.Error("connection still open after clean-up")
+	}
+	// close() cancels the clean-up step.
+	if _, err := h.RunChunk(connectLua(s)+`c:close(); c:close()`, "close", nil); err != nil {
+		t.Fatal(runtime.Describe(err, true))
+	}
+	if h.PendingCleanup() != 0 {
+		t.Errorf("close left %d clean-up steps", h.PendingCleanup())
+	}
+}
+
+func TestLuaBadArguments(t *testing.T) {
+	s := sshtest.Start(t, sshtest.Options{})
+	h, _ := luaHost(t, false)
+	for _, tc := range []struct{ src, want string }{
+		{`require("ssh").connect(42)`, "bad argument #1 to 'ssh.connect' (string ([user@]host[:port]) expected, got number)"},
+		{`require("ssh").connect("h", {prot = 22})`, "unknown option 'prot'"},
+		{`require("ssh").connect("h", {port = "x"})`, "option 'port': integer expected, got string"},
+		{`require("ssh").connect("h", {identity = 5})`, "option 'identity': string or list of strings expected, got number"},
+		{`require("ssh").connect("h", {accept_new = "yes"})`, "option 'accept_new': boolean expected"},
+		{`require("ssh").connect("h:99999", {config = "none"})`, "bad port in destination"},
+		{connectLua(s) + `c:exec(5)`, "bad argument #2 to 'conn:exec' (string (a remote command line) expected, got number)"},
+		{connectLua(s) + `c:exec("true", {stdn = "x"})`, "unknown option 'stdn'"},
+		{connectLua(s) + `c:output("true", {stdin = "x"})`, "unknown option 'stdin'"},
+		{connectLua(s) + `c.exec("true")`, "bad argument #1 to 'conn:exec' (ssh connection"},
+		{connectLua(s) + `c:output("sleep 5", {timeout = 0.3})`, "timed out after 300ms"},
+	} {
+		_, err := h.RunChunk(tc.src, "bad", nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s:\n got %v\nwant %s", tc.src, err, tc.want)
+		}
+	}
+	h.RunCleanup()
+}
+
+func TestLuaDryRun(t *testing.T) {
+	s := sshtest.Start(t, sshtest.Options{})
+	h, out := luaHost(t, true)
+	dir := t.TempDir()
+	_, err := h.RunChunk(connectLua(s)+`
+		local r = c:exec("touch `+dir+`/made")
+		assert(r.ok and r.stdout == "")
+		assert(c:output("echo x") == "")
+		assert(c:output("echo read-only", {safe = true}) == "read-only")
+		assert(c:exec("echo safe", {safe = true}).stdout == "safe\n")
+	`, "dry", nil)
+	if err != nil {
+		t.Fatal(runtime.Describe(err, true))
+	}
+	want := "[dry-run] ssh.connect " + s.Dest() + " (connecting for real: a connection changes nothing)\n" +
+		"[dry-run] ssh " + s.Dest() + ": touch " + dir + "/made\n" +
+		"[dry-run] ssh " + s.Dest() + ": echo x\n"
+	if out.String() != want {
+		t.Errorf("dry-run output:\n%s\nwant:\n%s", out, want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "made")); err == nil {
+		t.Error("dry run ran the command")
+	}
+	h.RunCleanup()
+}

@@ -132,6 +132,10 @@ func Start(t testing.TB, opts Options) *Server {
 		"MaxSessions 100",
 		"UseDNS no",
 		"PrintMotd no",
+		// bash sources ~/.bashrc when started by sshd as a top-level
+		// shell (SHLVL < 2 after its own increment): a test must not
+		// depend on, or wait for, the machine's interactive setup.
+		"SetEnv SHLVL=1",
 	}
 	cfg = append(cfg, opts.ExtraConfig...)
 	s.config = filepath.Join(s.dir, "sshd_config")

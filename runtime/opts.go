@@ -52,6 +52,9 @@ func (o *Opts) bad(key, want string, v lua.LValue) {
 	ArgError(o.L, o.argn, o.fn, fmt.Sprintf("option '%s': %s expected, got %s", key, want, v.Type()))
 }
 
+// Table is the underlying table, or nil.
+func (o *Opts) Table() *lua.LTable { return o.t }
+
 // Has reports whether key is set.
 func (o *Opts) Has(key string) bool { return o.get(key) != lua.LNil }
 

@@ -53,10 +53,23 @@ type ArgSpec struct {
 	Default  any // nil, string, float64, int64, bool
 	Choices  []string
 	Required bool
+	// positional: given by position (in declaration order) as well as by
+	// --name. Default: required arguments are positional, the others are
+	// options, so that adding an option never shifts a recipe's positions.
+	positional    bool
+	positionalSet bool
 }
 
 // Positional reports whether the argument may be given without --name.
-func (a ArgSpec) Positional() bool { return a.Type != "boolean" && a.Type != "list" }
+func (a ArgSpec) Positional() bool {
+	if a.Type == "boolean" || a.Type == "list" {
+		return false
+	}
+	if a.positionalSet {
+		return a.positional
+	}
+	return a.Required
+}
 
 var argTypes = map[string]bool{"string": true, "number": true, "integer": true, "boolean": true, "list": true}
 
@@ -265,6 +278,13 @@ func (r *Recipe) readArgs(t *lua.LTable, bad func(string, ...any) error) error {
 					return
 				}
 				a.Required = bool(b)
+			case "positional":
+				b, ok := v.(lua.LBool)
+				if !ok {
+					err = bad("args[%d].positional must be a boolean", i)
+					return
+				}
+				a.positional, a.positionalSet = bool(b), true
 			case "choices":
 				ct, ok := v.(*lua.LTable)
 				if !ok {
@@ -275,7 +295,7 @@ func (r *Recipe) readArgs(t *lua.LTable, bad func(string, ...any) error) error {
 					a.Choices = append(a.Choices, ct.RawGetInt(j).String())
 				}
 			default:
-				err = bad("args[%d]: unknown field %q (known: name, type, default, help, choices, required)", i, key)
+				err = bad("args[%d]: unknown field %q (known: name, type, default, help, choices, required, positional)", i, key)
 			}
 		})
 		if err != nil {
@@ -486,16 +506,16 @@ func (r *Recipe) WriteHelp(w io.Writer) {
 	}
 	fmt.Fprintf(w, "Usage: bkrun [--dry-run] [-v|-q] %s %s\n", base, r.usageLine())
 	if len(r.Args) > 0 {
-		fmt.Fprintln(w, "\nArguments (positional in this order, or as --name=value):")
+		fmt.Fprintln(w, "\nArguments (positional ones in this order or as --name=value; options as --name=value):")
 		for _, a := range r.Args {
 			left := "  " + strings.ToUpper(a.Name)
 			if !a.Positional() {
-				left = "  --" + strings.ReplaceAll(a.Name, "_", "-")
+				left = "  --" + strings.ReplaceAll(a.Name, "_", "-") + " " + strings.ToUpper(a.Name)
 				if a.Type == "boolean" {
 					left = "  --[no-]" + strings.ReplaceAll(a.Name, "_", "-")
 				}
 				if a.Type == "list" {
-					left += " VALUE (repeatable)"
+					left = "  --" + strings.ReplaceAll(a.Name, "_", "-") + " VALUE (repeatable)"
 				}
 			}
 			var notes []string

@@ -13,7 +13,7 @@ const xenRecipe = `
 description = [[Back up a Xen domU: pause, snapshot, dump.]]
 args = {
   { name = "domain", help = "domU name, e.g. master" },
-  { name = "vg", default = "VGatom", help = "volume group" },
+  { name = "vg", default = "VGatom", help = "volume group", positional = true },
   { name = "count", type = "integer", default = 3 },
   { name = "ratio", default = 0.5 },
   { name = "codec", choices = { "lz4", "zstd", "none" }, default = "lz4" },
@@ -56,7 +56,8 @@ func TestParseArgs(t *testing.T) {
 		want map[string]any
 	}{
 		{[]string{"master"}, map[string]any{"domain": "master", "vg": "VGatom", "count": int64(3), "verify": true, "codec": "lz4"}},
-		{[]string{"master", "VGother", "7"}, map[string]any{"vg": "VGother", "count": int64(7)}},
+		{[]string{"master", "VGother", "--count", "7"}, map[string]any{"vg": "VGother", "count": int64(7)}},
+		{[]string{"master", "VGother", "7"}, nil}, // count is an option, not a position
 		{[]string{"--vg=X", "master", "--count", "9", "--no-verify"}, map[string]any{"domain": "master", "vg": "X", "count": int64(9), "verify": false}},
 		{[]string{"--local", "a:1", "--local=b:2", "m"}, map[string]any{"local": []string{"a:1", "b:2"}}},
 		{[]string{"--", "-odd-name"}, map[string]any{"domain": "-odd-name"}},
@@ -99,7 +100,7 @@ func TestParseArgsErrors(t *testing.T) {
 		"m --codec=gzip":        `argument codec: "gzip" is not one of lz4, zstd, none`,
 		"m --bogus":             "unknown option --bogus",
 		"m -x":                  "unknown option -x",
-		"m v 1 0.5 lz4 extra":   `unexpected argument "extra"`,
+		"m v extra":             `unexpected argument "extra"`,
 		"m --vg":                "option --vg needs a value",
 		"m --verify=maybe":      `"maybe" is not a boolean`,
 		"--domain a --domain b": "argument domain given twice",
@@ -143,7 +144,8 @@ func TestRecipeHelp(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"Back up a Xen domU: pause, snapshot, dump.",
-		"Usage: bkrun [--dry-run] [-v|-q] x.lua [options] DOMAIN [VG] [COUNT] [RATIO] [CODEC]",
+		"Usage: bkrun [--dry-run] [-v|-q] x.lua [options] DOMAIN [VG]",
+		"--count COUNT         [integer; default: 3]",
 		"DOMAIN                domU name, e.g. master [required]",
 		`VG                    volume group [default: "VGatom"]`,
 		"one of: lz4, zstd, none",

@@ -7,6 +7,11 @@ flight, compresses it on all cores, and writes DEST with a catalogue entry DEST.
 compression nor hashing, so zero-fill free space in the guest first (as the seed did)
 for a small image. DEST appears only when complete; an existing DEST is kept unless
 --overwrite. Restore with disk-restore.lua, or without bkrun: lz4 -d DEST > disk.img
+
+DEST may be on another host, [user@]host:/path (the seed's ftp put): the image is
+streamed read -> compress -> encrypt -> send over SSH, with no temporary file on either
+side but the remote .NAME.partial-XXXX, which is renamed into place with its catalogue
+entry once the server has all of it. The server needs only OpenSSH (SFTP).
 ]]
 args = {
   { name = "source", help = "block device or image file, e.g. /dev/sda" },
@@ -16,6 +21,9 @@ args = {
   { name = "length", type = "integer", default = 0, help = "length of the range (0: to the end)" },
   { name = "overwrite", type = "boolean", help = "replace an existing DEST (only once the new one is complete)" },
   { name = "verify", type = "boolean", help = "decode the written file and check its hash before renaming it into place" },
+  { name = "port", type = "integer", required = false, help = "ssh port of a remote DEST" },
+  { name = "identity", required = false, help = "ssh private key for a remote DEST" },
+  { name = "known_hosts", required = false, help = "known_hosts file for a remote DEST" },
 }
 
 local disk, stream = require "disk", require "stream"
@@ -25,6 +33,7 @@ function run(a)
   local r = stream.copy {
     from = src, to = a.dest, codec = a.codec,
     overwrite = a.overwrite, verify = a.verify,
+    ssh = { port = a.port, identity = a.identity, known_hosts = a.known_hosts },
   }
   if r.dry_run then return end
   print(stream.summary(r))

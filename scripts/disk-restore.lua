@@ -9,7 +9,7 @@ written in place and synced: check the device name twice.
 ]]
 args = {
   { name = "backup", help = "the backup file, e.g. /backup/sda.img.lz4" },
-  { name = "target", required = false, help = "file or block device to restore onto" },
+  { name = "target", required = false, positional = true, help = "file or block device to restore onto" },
   { name = "overwrite", type = "boolean", help = "replace an existing target file" },
   { name = "verify_only", type = "boolean", help = "only check the backup against its catalogue entry" },
 }

@@ -117,43 +117,7 @@ func (b *binding) connect(L *lua.LState) int {
 	if !ok {
 		runtime.TypeError(L, 1, fn, "string ([user@]host[:port])")
 	}
-	o := runtime.OptsAt(L, 2, fn)
-	opts := Options{
-		User:           o.String("user", ""),
-		Port:           int(o.Int("port", 0)),
-		KnownHosts:     o.String("known_hosts", ""),
-		AcceptNew:      o.Bool("accept_new", false),
-		ConfigFile:     o.String("config", ""),
-		ConnectTimeout: o.Duration("timeout", 0),
-		KeepAlive:      o.Duration("keepalive", DefaultKeepAlive),
-	}
-	if opts.KeepAlive == 0 {
-		opts.KeepAlive = -1
-	}
-	if opts.Port < 0 || opts.Port > 65535 {
-		runtime.ArgError(L, 2, fn, fmt.Sprintf("option 'port': %d is not a port", opts.Port))
-	}
-	o.Has("identity")
-	var idv lua.LValue = lua.LNil
-	if t, ok := L.Get(2).(*lua.LTable); ok {
-		idv = t.RawGetString("identity")
-	}
-	switch v := idv.(type) {
-	case *lua.LNilType:
-	case lua.LString:
-		opts.Identity = []string{string(v)}
-	case *lua.LTable:
-		for i := 1; i <= v.Len(); i++ {
-			s, ok := v.RawGetInt(i).(lua.LString)
-			if !ok {
-				runtime.ArgError(L, 2, fn, "option 'identity': a key file or a list of key files expected")
-			}
-			opts.Identity = append(opts.Identity, string(s))
-		}
-	default:
-		runtime.ArgError(L, 2, fn, "option 'identity': string or list of strings expected, got "+v.Type().String())
-	}
-	o.Done(false)
+	opts := ParseOptions(L, 2, fn)
 	log := b.h.Logger()
 	if b.h.DryRun() {
 		b.h.DryRunf("ssh.connect %s (connecting for real: a connection changes nothing)", string(dest))
@@ -269,4 +233,53 @@ func resultTable(L *lua.LState, status int, signal, stdout, stderr string) *lua.
 	t.RawSetString("stdout", lua.LString(stdout))
 	t.RawSetString("stderr", lua.LString(stderr))
 	return t
+}
+
+// ParseOptions reads connection options (port, user, identity,
+// known_hosts, accept_new, config, timeout, keepalive) from argument n,
+// for ssh.connect and for primitives that connect on their own
+// (stream.copy{to = "host:path", ssh = {...}}).
+func ParseOptions(L *lua.LState, n int, fn string) Options {
+	return OptionsOf(L, runtime.OptsAt(L, n, fn), n, fn)
+}
+
+// OptionsOf reads connection options from an options table.
+func OptionsOf(L *lua.LState, o *runtime.Opts, n int, fn string) Options {
+	opts := Options{
+		User:           o.String("user", ""),
+		Port:           int(o.Int("port", 0)),
+		KnownHosts:     o.String("known_hosts", ""),
+		AcceptNew:      o.Bool("accept_new", false),
+		ConfigFile:     o.String("config", ""),
+		ConnectTimeout: o.Duration("timeout", 0),
+		KeepAlive:      o.Duration("keepalive", DefaultKeepAlive),
+	}
+	if opts.KeepAlive == 0 {
+		opts.KeepAlive = -1
+	}
+	if opts.Port < 0 || opts.Port > 65535 {
+		runtime.ArgError(L, n, fn, fmt.Sprintf("option 'port': %d is not a port", opts.Port))
+	}
+	o.Has("identity")
+	var idv lua.LValue = lua.LNil
+	if t := o.Table(); t != nil {
+		idv = t.RawGetString("identity")
+	}
+	switch v := idv.(type) {
+	case *lua.LNilType:
+	case lua.LString:
+		opts.Identity = []string{string(v)}
+	case *lua.LTable:
+		for i := 1; i <= v.Len(); i++ {
+			s, ok := v.RawGetInt(i).(lua.LString)
+			if !ok {
+				runtime.ArgError(L, n, fn, "option 'identity': a key file or a list of key files expected")
+			}
+			opts.Identity = append(opts.Identity, string(s))
+		}
+	default:
+		runtime.ArgError(L, n, fn, "option 'identity': string or list of strings expected, got "+v.Type().String())
+	}
+	o.Done(false)
+	return opts
 }

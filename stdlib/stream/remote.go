@@ -1,0 +1,93 @@
+package stream
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/bkrun/bkrun/stdlib/ssh"
+)
+
+// Sink is where a copy goes: a local file or a file on another host.
+// Nothing is visible under the final name before Commit.
+type Sink interface {
+	Write(p []byte) (int, error)
+	TempPath() string
+	Commit(meta *Meta) error
+	Abort() error
+}
+
+// ParseRemote splits "[user@]host:path" the way scp does: a colon before
+// any slash makes a remote destination ("./a:b" is a local file).
+func ParseRemote(s string) (dest, path string, ok bool) {
+	i := strings.IndexByte(s, ':')
+	if i <= 0 || strings.ContainsRune(s[:i], '/') || i == len(s)-1 {
+		return "", "", false
+	}
+	if strings.HasPrefix(s, "[") { // [v6]:path is not supported as a path; [v6]:port is not a path
+		return "", "", false
+	}
+	return s[:i], s[i+1:], true
+}
+
+// RemoteSink writes over SFTP to a plain OpenSSH server: the image goes to
+// a temporary name in the destination directory and is renamed into
+// place, with its catalogue entry, only after the server has it all
+// (size checked, fsync@openssh.com).
+type RemoteSink struct {
+	conn      *ssh.Conn
+	path      string
+	overwrite bool
+	f         *ssh.RemoteFile
+}
+
+// CreateRemote opens a remote sink on an established connection.
+func CreateRemote(conn *ssh.Conn, path string, overwrite bool) (*RemoteSink, error) {
+	f, err := conn.Create(path, overwrite)
+	if err != nil {
+		return nil, err
+	}
+	return &RemoteSink{conn: conn, path: path, overwrite: overwrite, f: f}, nil
+}
+
+func (s *RemoteSink) Write(p []byte) (int, error) { return s.f.Write(p) }
+
+// TempPath is the remote temporary name.
+func (s *RemoteSink) TempPath() string { return s.conn.String() + ":" + s.f.TempPath() }
+
+// Commit uploads the catalogue entry under a temporary name, then renames
+// the image and the entry into place, image first.
+func (s *RemoteSink) Commit(meta *Meta) error {
+	var mf *ssh.RemoteFile
+	if meta != nil {
+		b, err := json.MarshalIndent(meta, "", "  ")
+		if err != nil {
+			s.f.Abort()
+			return err
+		}
+		if mf, err = s.conn.Create(MetaPath(s.path), s.overwrite); err != nil {
+			s.f.Abort()
+			return fmt.Errorf("catalogue entry: %w", err)
+		}
+		if _, err := mf.Write(append(b, '\n')); err != nil {
+			mf.Abort()
+			s.f.Abort()
+			return fmt.Errorf("catalogue entry: %w", err)
+		}
+	}
+	if err := s.f.Commit(); err != nil {
+		if mf != nil {
+			mf.Abort()
+		}
+		return err
+	}
+	if mf != nil {
+		if err := mf.Commit(); err != nil {
+			return fmt.Errorf("catalogue entry: %w", err)
+		}
+	}
+	return nil
+}
+
+// Abort removes the remote temporary file.
+func (s *RemoteSink) Abort() error { return s.f.Abort() }

@@ -1,0 +1,157 @@
+package stream_test
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bkrun/bkrun/internal/sshtest"
+	"github.com/bkrun/bkrun/runtime"
+	"github.com/bkrun/bkrun/stdlib/disk"
+	"github.com/bkrun/bkrun/stdlib/ssh"
+	"github.com/bkrun/bkrun/stdlib/stream"
+)
+
+func TestParseRemote(t *testing.T) {
+	for in, want := range map[string]string{
+		"backup@daisy:/backup/x.lz4": "backup@daisy|/backup/x.lz4",
+		"daisy:x.lz4":                "daisy|x.lz4",
+		"/backup/x.lz4":              "",
+		"./a:b":                      "",
+		"dir/a:b":                    "",
+		"daisy:":                     "",
+		":x":                         "",
+	} {
+		d, p, ok := stream.ParseRemote(in)
+		got := ""
+		if ok {
+			got = d + "|" + p
+		}
+		if got != want {
+			t.Errorf("ParseRemote(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// remoteHost runs chunks against a real sshd on 127.0.0.1; the "remote"
+// files are on this machine, so the test can look at them.
+func remoteHost(t *testing.T) (*sshtest.Server, func(src string) error, *bytes.Buffer) {
+	s := sshtest.Start(t, sshtest.Options{})
+	var out bytes.Buffer
+	run := func(src string) error {
+		h := runtime.New(runtime.Options{Modules: []*runtime.Module{stream.Module, disk.Module, ssh.Module}, Stdout: &out})
+		defer h.Close()
+		defer h.RunCleanup()
+		_, err := h.RunChunk(fmt.Sprintf(`local stream, ssh = require "stream", require "ssh"
+			SSH = { port = %d, identity = %q, known_hosts = %q, config = "none" }
+			DEST = %q
+			`, s.Port(), s.Identity(), s.KnownHosts(), s.User()+"@127.0.0.1")+src, "t", nil)
+		return err
+	}
+	return s, run, &out
+}
+
+func TestCopyToRemoteHost(t *testing.T) {
+	_, run, out := remoteHost(t)
+	dir := t.TempDir()
+	data := bytes.Repeat([]byte("remote backup block "), 300000)
+	data = append(data, make([]byte, 3<<20)...)
+	img := filepath.Join(dir, "disk.img")
+	os.WriteFile(img, data, 0o644)
+	rdir := t.TempDir()
+	target := filepath.Join(rdir, "disk.img.lz4")
+	err := run(fmt.Sprintf(`local r = stream.copy{from = %q, to = DEST .. ":" .. %q, ssh = SSH}
+		print(r.path, r.size, r.hash)`, img, target))
+	if err != nil {
+		t.Fatal(runtime.Describe(err, true))
+	}
+	meta, err := stream.LoadMeta(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if meta.Size != int64(len(data)) || !strings.Contains(out.String(), meta.Hash) {
+		t.Errorf("catalogue %+v, output %s", meta, out.String())
+	}
+	if _, st, err := stream.Verify(t.Context(), target, nil); err != nil || st.Hash != meta.Hash {
+		t.Fatalf("remote backup does not verify: %v", err)
+	}
+	// An existing backup is kept unless overwrite; a connection from
+	// ssh.connect can be passed instead of options.
+	err = run(fmt.Sprintf(`stream.copy{from = %q, to = DEST .. ":" .. %q, ssh = SSH}`, img, target))
+	if err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Errorf("overwrite without overwrite=true: %v", err)
+	}
+	err = run(fmt.Sprintf(`local c = ssh.connect(DEST, SSH)
+		stream.copy{from = %q, to = DEST .. ":" .. %q, ssh = c, overwrite = true, codec = "zstd"}`, img, target))
+	if err != nil {
+		t.Fatal(runtime.Describe(err, true))
+	}
+	if m, _ := stream.LoadMeta(target); m == nil || m.Codec != "zstd" {
+		t.Errorf("overwrite did not replace the backup: %+v", m)
+	}
+	err = run(fmt.Sprintf(`stream.copy{from = %q, to = DEST .. ":/nonexistent-dir/x.lz4", ssh = SSH}`, img))
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent-dir") {
+		t.Errorf("missing remote dir: %v", err)
+	}
+	assertNoPartial(t, rdir)
+}
+
+func assertNoPartial(t *testing.T, dir string) {
+	t.Helper()
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), "partial") {
+			t.Errorf("left behind: %s", e.Name())
+		}
+	}
+}
+
+// The server dies mid-upload: the copy fails, and the backup that was
+// there before is untouched.
+func TestRemoteCopyConnectionDropped(t *testing.T) {
+	s, run, _ := remoteHost(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "big.img")
+	f, _ := os.Create(img)
+	r := rand.New(rand.NewSource(7))
+	blk := make([]byte, 1<<20)
+	for i := 0; i < 128; i++ { // incompressible: the upload takes a while
+		r.Read(blk)
+		f.Write(blk)
+	}
+	f.Close()
+	rdir := t.TempDir()
+	target := filepath.Join(rdir, "x.lz4")
+	os.WriteFile(target, []byte("previous backup"), 0o644)
+	go func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if m, _ := filepath.Glob(filepath.Join(rdir, ".x.lz4.partial-*")); len(m) > 0 {
+				time.Sleep(20 * time.Millisecond)
+				s.Kill()
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	start := time.Now()
+	err := run(fmt.Sprintf(`stream.copy{from = %q, to = DEST .. ":" .. %q, ssh = SSH, overwrite = true}`, img, target))
+	if err == nil {
+		t.Fatal("copy succeeded although sshd was killed")
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("failure took %v", d)
+	}
+	if b, _ := os.ReadFile(target); string(b) != "previous backup" {
+		t.Error("previous backup touched")
+	}
+	if _, err := os.Stat(stream.MetaPath(target)); err == nil {
+		t.Error("catalogue entry written for a failed upload")
+	}
+	t.Logf("error: %v", err)
+}

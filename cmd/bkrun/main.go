@@ -51,6 +51,7 @@ const usageText = `Usage:
   bkrun [flags]                        interactive REPL on a terminal (stdin script otherwise)
   bkrun help [MODULE | MODULE.FUNC | RECIPE.lua]
   bkrun version
+  bkrun receive --root DIR [--overwrite]  upload receiver for an SSH forced command (docs/RECEIVE.md)
 
 Flags (before the recipe; what follows the recipe is the recipe's):
   -n, --dry-run         print every action and command instead of doing it
@@ -96,6 +97,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		switch rest[0] {
 		case "help":
 			return help(rest[1:], o, stdout, stderr)
+		case "receive":
+			return receiveMain(rest[1:], stdin, stdout, stderr)
 		case "version":
 			fmt.Fprintf(stdout, "bkrun %s (%s, gopher-lua Lua 5.1, %s/%s)\n", runtime.Version, goruntime.Version(), goruntime.GOOS, goruntime.GOARCH)
 			return runtime.ExitOK

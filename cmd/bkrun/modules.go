@@ -8,6 +8,7 @@ import (
 	lualog "github.com/bkrun/bkrun/stdlib/log"
 	"github.com/bkrun/bkrun/stdlib/ssh"
 	"github.com/bkrun/bkrun/stdlib/stream"
+	"github.com/bkrun/bkrun/stdlib/tunnel"
 )
 
 // modules lists the native modules, in the order `bkrun help` shows them.
@@ -20,5 +21,6 @@ func modules() []*runtime.Module {
 		disk.Module,
 		stream.Module,
 		ssh.Module,
+		tunnel.Module,
 	}
 }

@@ -15,11 +15,11 @@ import (
 )
 
 // SFTP tuning: 64 write requests in flight per file, each as large as an
-// OpenSSH server accepts, behind a 1 MiB buffer.
+// OpenSSH server accepts, behind a 4 MiB buffer (measured: 1 MiB keeps too few requests in flight).
 const (
 	sftpConcurrency = 64
 	sftpPacket      = 255 << 10 // OpenSSH sftp-server takes up to 256 KiB messages
-	writeBuffer     = 1 << 20
+	writeBuffer     = 4 << 20
 )
 
 // SFTP returns the connection's SFTP client, started on first use.

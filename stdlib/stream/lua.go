@@ -39,7 +39,7 @@ The image hash (hash_algo blake3-tree-1MiB) is BLAKE3 over the BLAKE3 of each
 
 A progress bar is drawn only when stderr is a terminal (and not -q).`,
 	Funcs: []runtime.Func{
-		{Name: "copy", Sig: "stream.copy{from=source, to=path, codec=\"lz4\", overwrite=false, verify=false, meta={...}, ssh=conn|{...}} -> summary",
+		{Name: "copy", Sig: "stream.copy{from=source, to=path, codec=\"lz4\", overwrite=false, verify=false, meta={...}, ssh=conn|{...}, via=\"sftp\"} -> summary",
 			Doc: `Copy a source into a file with its catalogue entry. codec is lz4 (default),
 zstd or none; verify=true decodes the written file and checks its hash before
 renaming it into place; meta adds fields to the catalogue entry's "extra".
@@ -47,7 +47,10 @@ to = "[user@]host:path" writes on another host over SFTP (a plain OpenSSH
 server, nothing installed there), streamed with no temporary file on either
 side but the remote .NAME.partial-XXXX, renamed into place with its catalogue
 entry once the server has all of it. ssh is a connection from ssh.connect, or
-a table of its options (port, user, identity, known_hosts, ...).
+a table of its options (port, user, identity, known_hosts, ...). via="receive"
+sends through "bkrun receive --root DIR" on the other host (usually a forced
+command; receiver= names another command): path is then relative to DIR, and
+the receiver checks size and hash before the rename.
 The summary table has path, catalogue, source, size, zero_bytes, hole_bytes,
 bytes_written, hash, codec, seconds, rate (bytes/s) and ratio.`},
 		{Name: "restore", Sig: "stream.restore{from=image, to=target, overwrite=false} -> summary",
@@ -151,6 +154,11 @@ func luaCopy(h *runtime.Host, L *lua.LState) int {
 	workers := o.Int("workers", 0)
 	sshV := t.RawGetString("ssh")
 	o.Has("ssh")
+	via := o.String("via", "sftp")
+	receiverCmd := o.String("receiver", "bkrun receive")
+	if via != "sftp" && via != "receive" {
+		runtime.ArgError(L, 1, fn, fmt.Sprintf("option 'via': %q is not sftp or receive", via))
+	}
 	var extra map[string]any
 	if mv, ok := t.RawGetString("meta").(*lua.LTable); ok {
 		extra = map[string]any{}
@@ -212,11 +220,24 @@ func luaCopy(h *runtime.Host, L *lua.LState) int {
 			defer c.Close()
 			sshConn = c
 		}
-		rs, err := CreateRemote(sshConn, remotePath, overwrite)
-		if err != nil {
-			runtime.Raise(L, fn, fmt.Errorf("%s: %w", to, err))
+		if via == "receive" {
+			sess, err := sshConn.Receiver(h.Context(), receiverCmd)
+			if err != nil {
+				runtime.Raise(L, fn, fmt.Errorf("%s: %w", to, err))
+			}
+			defer sess.Close()
+			rs, err := CreateReceiver(sess, remotePath, overwrite)
+			if err != nil {
+				runtime.Raise(L, fn, fmt.Errorf("%s: %w", to, err))
+			}
+			sink = rs
+		} else {
+			rs, err := CreateRemote(sshConn, remotePath, overwrite)
+			if err != nil {
+				runtime.Raise(L, fn, fmt.Errorf("%s: %w", to, err))
+			}
+			sink = rs
 		}
-		sink = rs
 	} else {
 		fs, err := CreateFile(to, overwrite)
 		if err != nil {

@@ -91,3 +91,58 @@ func (s *RemoteSink) Commit(meta *Meta) error {
 
 // Abort removes the remote temporary file.
 func (s *RemoteSink) Abort() error { return s.f.Abort() }
+
+// ReceiverSink writes through `bkrun receive` on the other host (a forced
+// command in authorized_keys): the receiver checks size and hash of what
+// arrived before it renames the file into place, and keeps the sender
+// inside its root directory.
+type ReceiverSink struct {
+	sess      *ssh.ReceiverSession
+	path      string
+	overwrite bool
+	f         *ssh.ReceiverFile
+}
+
+// CreateReceiver starts an upload of path through a receiver session.
+func CreateReceiver(sess *ssh.ReceiverSession, path string, overwrite bool) (*ReceiverSink, error) {
+	f, err := sess.Put(path, overwrite)
+	if err != nil {
+		return nil, err
+	}
+	return &ReceiverSink{sess: sess, path: path, overwrite: overwrite, f: f}, nil
+}
+
+func (s *ReceiverSink) Write(p []byte) (int, error) { return s.f.Write(p) }
+
+// TempPath names the upload (the receiver picks the temporary name).
+func (s *ReceiverSink) TempPath() string { return "receiver:" + s.path }
+
+// Commit ends the image upload (the receiver verifies it and renames it
+// into place), then uploads the catalogue entry the same way.
+func (s *ReceiverSink) Commit(meta *Meta) error {
+	if err := s.f.Commit(); err != nil {
+		return err
+	}
+	if meta == nil {
+		return nil
+	}
+	b, err := json.MarshalIndent(meta, "", "  ")
+	if err != nil {
+		return err
+	}
+	mf, err := s.sess.Put(MetaPath(s.path), s.overwrite)
+	if err != nil {
+		return fmt.Errorf("catalogue entry: %w", err)
+	}
+	if _, err := mf.Write(append(b, '\n')); err != nil {
+		mf.Abort()
+		return fmt.Errorf("catalogue entry: %w", err)
+	}
+	if err := mf.Commit(); err != nil {
+		return fmt.Errorf("catalogue entry: %w", err)
+	}
+	return nil
+}
+
+// Abort discards the upload on the receiver.
+func (s *ReceiverSink) Abort() error { return s.f.Abort() }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -40,8 +41,12 @@ func TestParseRemote(t *testing.T) {
 
 // remoteHost runs chunks against a real sshd on 127.0.0.1; the "remote"
 // files are on this machine, so the test can look at them.
-func remoteHost(t *testing.T) (*sshtest.Server, func(src string) error, *bytes.Buffer) {
-	s := sshtest.Start(t, sshtest.Options{})
+func remoteHost(t *testing.T, opts ...sshtest.Options) (*sshtest.Server, func(src string) error, *bytes.Buffer) {
+	var o sshtest.Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	s := sshtest.Start(t, o)
 	var out bytes.Buffer
 	run := func(src string) error {
 		h := runtime.New(runtime.Options{Modules: []*runtime.Module{stream.Module, disk.Module, ssh.Module}, Stdout: &out})
@@ -154,4 +159,40 @@ func TestRemoteCopyConnectionDropped(t *testing.T) {
 		t.Error("catalogue entry written for a failed upload")
 	}
 	t.Logf("error: %v", err)
+}
+
+// via="receive": the other host runs `bkrun receive --root DIR` as a
+// forced command; paths are relative to DIR and cannot leave it.
+func TestCopyThroughReceiver(t *testing.T) {
+	mod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "bkrun")
+	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(filepath.Dir(strings.TrimSpace(string(mod))), "cmd", "bkrun")).CombinedOutput(); err != nil {
+		t.Fatalf("building bkrun: %v\n%s", err, out)
+	}
+	root := t.TempDir()
+	_, run, _ := remoteHost(t, sshtest.Options{ForcedCommand: bin + " receive --root " + root})
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	os.WriteFile(img, append(bytes.Repeat([]byte("through the receiver "), 200000), make([]byte, 2<<20)...), 0o644)
+	if err := run(fmt.Sprintf(`stream.copy{from = %q, to = DEST .. ":site/disk.img.lz4", ssh = SSH, via = "receive"}`, img)); err != nil {
+		t.Fatal(runtime.Describe(err, true))
+	}
+	target := filepath.Join(root, "site", "disk.img.lz4")
+	if _, _, err := stream.Verify(t.Context(), target, nil); err != nil {
+		t.Fatalf("received backup does not verify: %v", err)
+	}
+	for _, bad := range []string{"../escape.lz4", "/etc/escape.lz4"} {
+		err := run(fmt.Sprintf(`stream.copy{from = %q, to = DEST .. ":" .. %q, ssh = SSH, via = "receive"}`, img, bad))
+		if err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+	err = run(fmt.Sprintf(`stream.copy{from = %q, to = DEST .. ":site/disk.img.lz4", ssh = SSH, via = "receive"}`, img))
+	if err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Errorf("existing backup replaced without overwrite: %v", err)
+	}
+	assertNoPartial(t, filepath.Join(root, "site"))
 }

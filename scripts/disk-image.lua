@@ -11,7 +11,10 @@ for a small image. DEST appears only when complete; an existing DEST is kept unl
 DEST may be on another host, [user@]host:/path (the seed's ftp put): the image is
 streamed read -> compress -> encrypt -> send over SSH, with no temporary file on either
 side but the remote .NAME.partial-XXXX, which is renamed into place with its catalogue
-entry once the server has all of it. The server needs only OpenSSH (SFTP).
+entry once the server has all of it. The server needs only OpenSSH (SFTP); with
+--via receive it runs `bkrun receive --root DIR` as a forced command instead, DEST's
+path is relative to DIR, and the receiver checks size and hash before the rename
+(docs/RECEIVE.md).
 ]]
 args = {
   { name = "source", help = "block device or image file, e.g. /dev/sda" },
@@ -24,6 +27,7 @@ args = {
   { name = "port", type = "integer", required = false, help = "ssh port of a remote DEST" },
   { name = "identity", required = false, help = "ssh private key for a remote DEST" },
   { name = "known_hosts", required = false, help = "known_hosts file for a remote DEST" },
+  { name = "via", choices = { "sftp", "receive" }, default = "sftp", help = "how a remote DEST is written" },
 }
 
 local disk, stream = require "disk", require "stream"
@@ -34,6 +38,7 @@ function run(a)
     from = src, to = a.dest, codec = a.codec,
     overwrite = a.overwrite, verify = a.verify,
     ssh = { port = a.port, identity = a.identity, known_hosts = a.known_hosts },
+    via = a.via,
   }
   if r.dry_run then return end
   print(stream.summary(r))

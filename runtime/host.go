@@ -55,6 +55,7 @@ type Host struct {
 	baseCancel context.CancelCauseFunc
 	cur        context.Context
 	curCancel  context.CancelCauseFunc
+	cleanStop  bool
 }
 
 // New builds a Host with a configured Lua state.
@@ -136,6 +137,22 @@ func (h *Host) Cause() error {
 		return nil
 	}
 	return context.Cause(h.base)
+}
+
+// StopCleanly records that the signal which cancelled the run is how the
+// running primitive is meant to end (a tunnel or a daemon-like loop under
+// systemd): the run then exits 0 after its clean-up instead of 130/143.
+func (h *Host) StopCleanly() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.cleanStop = true
+}
+
+// StoppedCleanly reports whether StopCleanly was called after a signal.
+func (h *Host) StoppedCleanly() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cleanStop && h.base.Err() != nil
 }
 
 // Interrupt cancels only the statement running under Interruptible.

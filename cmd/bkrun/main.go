@@ -173,11 +173,19 @@ func runHost(hopts runtime.Options, o options, stderr io.Writer, interactive boo
 	stop := h.HandleSignals(interactive)
 	defer stop()
 	err := body(h)
+	if h.StoppedCleanly() {
+		// A primitive whose normal end is a signal (tunnel.run) stopped.
+		h.Logger().Info("stopped", "reason", h.Cause())
+		err = nil
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "bkrun: %s\n", runtime.Describe(err, o.verbose))
 	}
 	cleanupErr := h.RunCleanup()
 	cause := h.Cause()
+	if h.StoppedCleanly() {
+		cause = nil
+	}
 	if cause != nil {
 		fmt.Fprintf(stderr, "bkrun: %v; clean-up done\n", cause)
 	}

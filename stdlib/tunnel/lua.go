@@ -39,8 +39,8 @@ rest of the tunnel stays up. SIGUSR1 reconnects now.
 Each connect and disconnect is logged with its reason ("tunnel up",
 "tunnel down" reason=..., "retrying in 4s"). Under --dry-run, run prints
 "[dry-run] tunnel DEST -L ... -R ..." and returns. When SIGTERM or SIGINT
-stops it, run ends the process through os.exit(0) after the clean-up stack:
-a stopped tunnel is a clean stop for systemd, not a failure (in the REPL,
+stops it, the run ends with exit status 0 after its clean-up stack: a
+stopped tunnel is a clean stop for systemd, not a failure (in the REPL,
 where Ctrl-C stops only the statement, run just returns).`,
 	Funcs: []runtime.Func{
 		{Name: "run", Sig: "tunnel.run{dest=, forward={specs}, reverse={specs}, poll=30, timeout=10, backoff_max=60, stable=120, port=, user=, identity=, known_hosts=, config=}",
@@ -137,28 +137,10 @@ func luaRun(h *runtime.Host, L *lua.LState) int {
 		runtime.Raise(L, fn, errorsTrim(err))
 	}
 	if h.Cause() != nil {
-		exitClean(L)
+		// SIGTERM/SIGINT is how a tunnel ends: exit 0, not 143.
+		h.StopCleanly()
 	}
 	return 0
-}
-
-// exitClean ends a run stopped by SIGTERM or SIGINT with exit status 0
-// through os.exit, which runs the clean-up stack first: stopping is how a
-// tunnel ends, not a failure, and systemd must not count it as one. It is
-// called as a Go function because the Lua VM, its context cancelled, would
-// not run another instruction of the recipe.
-func exitClean(L *lua.LState) {
-	osTable, ok := L.GetGlobal("os").(*lua.LTable)
-	if !ok {
-		return
-	}
-	exit, ok := osTable.RawGetString("exit").(*lua.LFunction)
-	if !ok {
-		return
-	}
-	L.Push(exit)
-	L.Push(lua.LNumber(0))
-	L.Call(1, 0)
 }
 
 // errorsTrim drops the "tunnel: " prefix the Go error carries, since the

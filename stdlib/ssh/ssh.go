@@ -295,10 +295,23 @@ func resolve(dest string, o Options) (*target, error) {
 
 // Dial connects and authenticates to dest, "[user@]host[:port]" where host
 // may be a Host alias of the ssh config.
+// ErrRefused marks Dial failures that no retry can fix: authentication,
+// host keys, key files, the agent, the destination or ssh_config. A daemon
+// (the tunnel) stops on them at first start instead of looping silently:
+// errors.Is(err, ssh.ErrRefused).
+var ErrRefused = errors.New("refused")
+
+type refusedError struct{ error }
+
+func (e refusedError) Is(target error) bool { return target == ErrRefused }
+func (e refusedError) Unwrap() error        { return e.error }
+
+func refused(err error) error { return refusedError{err} }
+
 func Dial(ctx context.Context, dest string, o Options) (*Conn, error) {
 	t, err := resolve(dest, o)
 	if err != nil {
-		return nil, fmt.Errorf("ssh: %s: %w", dest, err)
+		return nil, refused(fmt.Errorf("ssh: %s: %w", dest, err))
 	}
 	name := t.user + "@" + hostPort(t.host, t.port)
 	fail := func(err error) error { return fmt.Errorf("ssh: %s: %w", name, err) }
@@ -309,7 +322,7 @@ func Dial(ctx context.Context, dest string, o Options) (*Conn, error) {
 
 	auth, err := newAuth(t, o.AgentSocket)
 	if err != nil {
-		return nil, fail(err)
+		return nil, refused(fail(err))
 	}
 	defer auth.close()
 	known := o.KnownHosts
@@ -318,7 +331,7 @@ func Dial(ctx context.Context, dest string, o Options) (*Conn, error) {
 	}
 	hk, err := newHostKeys(expandTilde(known), o.AcceptNew)
 	if err != nil {
-		return nil, fail(err)
+		return nil, refused(fail(err))
 	}
 	addr := hostPort(t.host, t.port)
 	cfg := &xssh.ClientConfig{
@@ -351,9 +364,9 @@ func Dial(ctx context.Context, dest string, o Options) (*Conn, error) {
 		nc.Close()
 		switch {
 		case hk.err != nil:
-			return nil, hk.err
+			return nil, refused(hk.err)
 		case strings.Contains(err.Error(), "unable to authenticate"):
-			return nil, fail(fmt.Errorf("authentication failed (%s)", auth.tried()))
+			return nil, refused(fail(fmt.Errorf("authentication failed (%s)", auth.tried())))
 		case ctx.Err() != nil:
 			return nil, fail(fmt.Errorf("handshake: %w", ctx.Err()))
 		case !stopped || isTimeout(err):

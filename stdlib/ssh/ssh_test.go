@@ -99,6 +99,9 @@ func TestConfigHostAlias(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("explicit port did not override the config: %v", err)
 	}
+	if errors.Is(err, ssh.ErrRefused) {
+		t.Error("a network error is marked ErrRefused: a tunnel would stop instead of retrying")
+	}
 }
 
 func TestUnknownHostAndAcceptNew(t *testing.T) {
@@ -110,6 +113,9 @@ func TestUnknownHostAndAcceptNew(t *testing.T) {
 	want := fmt.Sprintf("ssh: host key for [127.0.0.1]:%d is unknown (not in %s); add it with ssh-keyscan or accept_new=true", s.Port(), o.KnownHosts)
 	if err == nil || err.Error() != want {
 		t.Fatalf("unknown host: %v\nwant: %s", err, want)
+	}
+	if !errors.Is(err, ssh.ErrRefused) {
+		t.Error("unknown host key not marked ErrRefused")
 	}
 	o.AcceptNew = true
 	c := dial(t, s, o)
@@ -167,6 +173,9 @@ func TestWrongIdentity(t *testing.T) {
 	want := fmt.Sprintf("ssh: %s: authentication failed (tried %s)", s.Dest(), key)
 	if err == nil || err.Error() != want {
 		t.Fatalf("%v\nwant: %s", err, want)
+	}
+	if !errors.Is(err, ssh.ErrRefused) {
+		t.Error("authentication failure not marked ErrRefused")
 	}
 	// An encrypted key without an agent is a clear error.
 	enc := filepath.Join(t.TempDir(), "id_enc")

@@ -218,20 +218,8 @@ func (e *ConfigError) Error() string { return e.Err.Error() }
 func (e *ConfigError) Unwrap() error { return e.Err }
 
 // permanent reports whether a Dial error is a configuration problem rather
-// than the network. ssh.Dial's errors carry no type, so this reads them.
-func permanent(err error) bool {
-	msg := err.Error()
-	for _, s := range []string{
-		"authentication failed", "HOST KEY CHANGED", "host key for", "@revoked",
-		"checking the host key", "known hosts:", "identity ", "no ssh-agent", "ssh-agent at",
-		"bad destination", "bad port in destination", "empty host", "empty user", "ssh config", "bad Port",
-	} {
-		if strings.Contains(msg, s) {
-			return true
-		}
-	}
-	return false
-}
+// than the network.
+func permanent(err error) bool { return errors.Is(err, ssh.ErrRefused) }
 
 // link is the current SSH client, nil while down; waiters block on up.
 type link struct {

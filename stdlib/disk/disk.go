@@ -553,3 +553,42 @@ func IsZero(p []byte) bool {
 	}
 	return true
 }
+
+// NewReader reads the source from start to end as a plain stream (for
+// consumers that take an io.Reader, such as a remote command's stdin).
+// Holes read as zeros. Reads go block by block with an aligned buffer, so
+// O_DIRECT still applies.
+func (s *Source) NewReader() io.Reader { return &seqReader{s: s, buf: AlignedBuffer(seqBlock)} }
+
+const seqBlock = 1 << 20
+
+type seqReader struct {
+	s        *Source
+	buf      []byte
+	off      int64 // next block offset
+	pending  []byte
+	finished bool
+}
+
+func (r *seqReader) Read(p []byte) (int, error) {
+	for len(r.pending) == 0 {
+		if r.finished || r.off >= r.s.Size() {
+			return 0, io.EOF
+		}
+		n, hole, err := r.s.ReadBlock(r.buf, r.off)
+		if err != nil {
+			return 0, err
+		}
+		if hole {
+			clear(r.buf[:n])
+		}
+		r.pending = r.buf[:n]
+		r.off += int64(n)
+		if n < len(r.buf) {
+			r.finished = true
+		}
+	}
+	n := copy(p, r.pending)
+	r.pending = r.pending[n:]
+	return n, nil
+}

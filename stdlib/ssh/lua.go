@@ -3,6 +3,7 @@ package ssh
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/bkrun/bkrun/runtime"
@@ -35,10 +36,13 @@ nothing) and commands are printed, not run, unless marked safe=true.`,
 			Doc: `Connect and authenticate. identity is a key file or a list of them;
 config is the ssh_config file to read ("none": none); timeout and keepalive
 are seconds or "30s" (keepalive=0 disables it).`},
-		{Name: "conn:exec", Sig: "conn:exec(cmd [, {stdin=string, check=true, safe=false, timeout=}]) -> {ok, status, signal, stdout, stderr}",
+		{Name: "conn:exec", Sig: "conn:exec(cmd [, {stdin=string|source, check=true, safe=false, timeout=}]) -> {ok, status, signal, stdout, stderr}",
 			Doc: `Run a remote shell command line and capture its output (for small outputs;
-move data with stream.copy). A non-zero exit raises "ssh: user@host:port:
-remote command "cmd" exited N: <last lines of stderr>" unless check=false.`},
+move data with stream.copy). stdin is a string, or a source such as
+disk.open(path) whose bytes stream into the command without passing through
+Lua: conn:exec("cat > /backup/sda.img", {stdin = disk.open("/dev/sda")}).
+A non-zero exit raises "ssh: user@host:port: remote command "cmd" exited N:
+<last lines of stderr>" unless check=false.`},
 		{Name: "conn:output", Sig: "conn:output(cmd [, {safe=false, timeout=}]) -> string",
 			Doc: "Run a remote command and return its stdout with surrounding white space trimmed."},
 		{Name: "conn:close", Sig: "conn:close()",
@@ -165,10 +169,27 @@ func (b *binding) exec(L *lua.LState, output bool) int {
 	o := runtime.OptsAt(L, 3, fn)
 	safe := o.Bool("safe", false)
 	timeout := o.Duration("timeout", 0)
-	var stdin string
+	var stdin io.Reader
 	check := true
 	if !output {
-		stdin = o.String("stdin", "")
+		switch v := optValue(o, "stdin").(type) {
+		case *lua.LNilType:
+		case lua.LString:
+			stdin = strings.NewReader(string(v))
+		case *lua.LUserData:
+			// A source (disk.open) streams into the command: the bytes
+			// never pass through Lua.
+			switch src := v.Value.(type) {
+			case interface{ NewReader() io.Reader }:
+				stdin = src.NewReader()
+			case io.Reader:
+				stdin = src
+			default:
+				runtime.ArgError(L, 3, fn, "option 'stdin': a string or a source (disk.open) expected")
+			}
+		default:
+			runtime.ArgError(L, 3, fn, "option 'stdin': a string or a source (disk.open) expected, got "+v.Type().String())
+		}
 		check = o.Bool("check", true)
 	}
 	o.Done(false)
@@ -200,14 +221,7 @@ func (b *binding) exec(L *lua.LState, output bool) int {
 	}
 	var out limitedBuffer
 	errb := &tailBuffer{max: exec.MaxCapture}
-	var in *strings.Reader
-	var err error
-	if stdin != "" {
-		in = strings.NewReader(stdin)
-		err = c.Exec(ctx, string(cmd), in, &out, errb)
-	} else {
-		err = c.Exec(ctx, string(cmd), nil, &out, errb)
-	}
+	err := c.Exec(ctx, string(cmd), stdin, &out, errb)
 	if out.overflow {
 		runtime.Raise(L, fn, fmt.Errorf("ssh: %s: %q: output exceeds %d MiB; stream it instead of capturing it", c, string(cmd), exec.MaxCapture>>20))
 	}
@@ -282,4 +296,13 @@ func OptionsOf(L *lua.LState, o *runtime.Opts, n int, fn string) Options {
 	}
 	o.Done(false)
 	return opts
+}
+
+// optValue reads a raw option value (marking it known to Done).
+func optValue(o *runtime.Opts, key string) lua.LValue {
+	o.Has(key)
+	if t := o.Table(); t != nil {
+		return t.RawGetString(key)
+	}
+	return lua.LNil
 }

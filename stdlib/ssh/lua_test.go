@@ -9,6 +9,7 @@ import (
 
 	"github.com/bkrun/bkrun/internal/sshtest"
 	"github.com/bkrun/bkrun/runtime"
+	"github.com/bkrun/bkrun/stdlib/disk"
 	"github.com/bkrun/bkrun/stdlib/ssh"
 	lua "github.com/yuin/gopher-lua"
 )
@@ -125,4 +126,38 @@ func TestLuaDryRun(t *testing.T) {
 		t.Error("dry run ran the command")
 	}
 	h.RunCleanup()
+}
+
+// A disk source streams into a remote command's stdin: 24 MiB + a short
+// tail, with a hole, arrive byte-exact.
+func TestLuaExecStreamsSource(t *testing.T) {
+	s := sshtest.Start(t, sshtest.Options{})
+	dir := t.TempDir()
+	src := filepath.Join(dir, "img")
+	f, _ := os.Create(src)
+	blk := bytes.Repeat([]byte("streamed through ssh "), 50000)
+	f.Write(blk)
+	f.WriteAt([]byte("tail"), 24<<20+333) // leaves a hole before it
+	f.Close()
+	want, _ := os.ReadFile(src)
+	dst := filepath.Join(dir, "copy")
+	var out bytes.Buffer
+	h := runtime.New(runtime.Options{Modules: []*runtime.Module{ssh.Module, disk.Module}, Stdout: &out, Stderr: &out})
+	defer h.Close()
+	_, err := h.RunChunk(connectLua(s)+`
+		local disk = require "disk"
+		local r = c:exec("cat > `+dst+`", {stdin = disk.open("`+src+`")})
+		assert(r.ok)`, "t", nil)
+	if err != nil {
+		t.Fatal(runtime.Describe(err, true), out.String())
+	}
+	h.RunCleanup()
+	got, _ := os.ReadFile(dst)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("remote copy has %d bytes, want %d identical", len(got), len(want))
+	}
+	_, err = h.RunChunk(connectLua(s)+`c:exec("cat", {stdin = 42})`, "t", nil)
+	if err == nil || !strings.Contains(err.Error(), "option 'stdin': a string or a source (disk.open) expected, got number") {
+		t.Errorf("bad stdin: %v", err)
+	}
 }

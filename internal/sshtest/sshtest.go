@@ -48,7 +48,7 @@ type Server struct {
 	mu    sync.Mutex
 	cmd   *exec.Cmd
 	done  chan struct{}
-	log   *syncBuffer
+	log   *testenv.SyncBuffer
 	prior string // log of earlier instances (before Kill/Restart)
 }
 
@@ -172,7 +172,7 @@ func (s *Server) start() error {
 	if s.log != nil {
 		s.prior += s.log.String()
 	}
-	s.log = &syncBuffer{}
+	s.log = &testenv.SyncBuffer{}
 	cmd := exec.Command(s.sshd, "-D", "-e", "-f", s.config)
 	cmd.Stdout = s.log
 	cmd.Stderr = s.log
@@ -334,21 +334,4 @@ func descendants(pid int) []int {
 		out = append(out, children[out[i]]...)
 	}
 	return out
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -6,8 +6,10 @@
 package testenv
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 )
 
@@ -35,4 +37,23 @@ func NeedCommand(t testing.TB, name string) string {
 	p, err := exec.LookPath(name)
 	Need(t, err == nil, "command "+name+" in $PATH")
 	return p
+}
+
+// SyncBuffer is a bytes.Buffer safe for a writer goroutine (a logger, a
+// child process) and a test reading it at the same time.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

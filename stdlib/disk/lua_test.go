@@ -1,63 +1,22 @@
 package disk
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
 
-	"github.com/bkrun/bkrun/runtime"
+	"github.com/bkrun/bkrun/runtime/luatest"
 	lua "github.com/yuin/gopher-lua"
 )
 
-type luaHost struct {
-	*runtime.Host
-	out, log *bytes.Buffer
-}
-
 // newHost builds a real host with the disk module; D is set to dir in Lua.
-func newHost(t *testing.T, dir string, dryRun bool) *luaHost {
+func newHost(t *testing.T, dir string, dryRun bool) *luatest.Host {
 	t.Helper()
-	var out, logs bytes.Buffer
-	h := runtime.New(runtime.Options{
-		Modules: []*runtime.Module{Module},
-		DryRun:  dryRun,
-		Stdout:  &out,
-		Stderr:  &out,
-		Logger:  slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Exit:    func(int) {},
-	})
-	h.L.SetGlobal("D", lua.LString(dir))
-	t.Cleanup(func() {
-		if err := h.RunCleanup(); err != nil {
-			t.Errorf("clean-up: %v", err)
-		}
-		h.Close()
-	})
-	return &luaHost{Host: h, out: &out, log: &logs}
-}
-
-func (h *luaHost) run(t *testing.T, src string) []lua.LValue {
-	t.Helper()
-	vals, err := h.RunChunk(`local disk = require "disk"; `+src, "test", nil)
-	if err != nil {
-		t.Fatalf("%s\n-> %v", src, err)
-	}
-	return vals
-}
-
-func (h *luaHost) runErr(t *testing.T, src string) string {
-	t.Helper()
-	_, err := h.RunChunk(`local disk = require "disk"; `+src, "test", nil)
-	if err == nil {
-		t.Fatalf("%s: no error", src)
-	}
-	return err.Error()
+	return luatest.NewHost(t, luatest.HostOptions{DryRun: dryRun, Globals: map[string]string{"D": dir}, Prelude: `local disk = require "disk"; `}, Module)
 }
 
 func TestLuaOpen(t *testing.T) {
@@ -66,7 +25,7 @@ func TestLuaOpen(t *testing.T) {
 	writeImage(t, img, 10*MiB+1234, 20)
 	h := newHost(t, dir, false)
 
-	vals := h.run(t, `
+	vals := h.Run(t, `
 		src = disk.open(D .. "/disk.img")
 		part = disk.open(D .. "/disk.img", { offset = 1048576, length = 3 * 1048576 + 512, direct = false })
 		return src.path, src.kind, src.size, src.offset, src.direct, src.sparse, tostring(src),
@@ -76,8 +35,8 @@ func TestLuaOpen(t *testing.T) {
 	if got := fmt.Sprint(vals); got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
-	if !strings.Contains(h.log.String(), "msg=\"disk: open\" path="+img+" kind=file") {
-		t.Errorf("open not logged at debug level:\n%s", h.log)
+	if !strings.Contains(h.Log.String(), "msg=\"disk: open\" path="+img+" kind=file") {
+		t.Errorf("open not logged at debug level:\n%s", h.Log)
 	}
 
 	// stream.copy{from = src} gets the *Source out of the userdata.
@@ -98,7 +57,7 @@ func TestLuaOpen(t *testing.T) {
 	if n := h.PendingCleanup(); n != 2 {
 		t.Errorf("%d clean-up steps, want 2", n)
 	}
-	h.run(t, `part:close(); part:close(); return part.size`)
+	h.Run(t, `part:close(); part:close(); return part.size`)
 	if n := h.PendingCleanup(); n != 1 {
 		t.Errorf("%d clean-up steps after close, want 1", n)
 	}
@@ -118,15 +77,15 @@ func TestLuaDryRunOpens(t *testing.T) {
 	dir := t.TempDir()
 	writeImage(t, filepath.Join(dir, "disk.img"), 8192, 21)
 	h := newHost(t, dir, true)
-	vals := h.run(t, `local s = disk.open(D .. "/disk.img"); return s.size, disk.size(D .. "/disk.img")`)
+	vals := h.Run(t, `local s = disk.open(D .. "/disk.img"); return s.size, disk.size(D .. "/disk.img")`)
 	if got := fmt.Sprint(vals); got != "[8192 8192]" {
 		t.Errorf("got %s", got)
 	}
-	if got := h.runErr(t, `disk.open(D .. "/missing")`); !strings.HasSuffix(got, "disk.open: "+dir+"/missing: no such file or directory") {
+	if got := h.RunErr(t, `disk.open(D .. "/missing")`); !strings.HasSuffix(got, "disk.open: "+dir+"/missing: no such file or directory") {
 		t.Errorf("dry run, missing image: %s", got)
 	}
-	if h.out.Len() != 0 {
-		t.Errorf("dry run printed %q: reading is not an action", h.out)
+	if h.Out.Len() != 0 {
+		t.Errorf("dry run printed %q: reading is not an action", h.Out)
 	}
 }
 
@@ -152,7 +111,7 @@ func TestLuaErrors(t *testing.T) {
 		{`disk.open(D .. "/disk.img", { offset = 8192, length = 4096 })`, `disk.open: ` + img + `: range offset 8192 length 4096 ends at 12288, beyond the end (size 10000)`},
 		{`disk.size(D .. "/missing")`, `disk.size: ` + dir + `/missing: no such file or directory`},
 	} {
-		if got := h.runErr(t, c.src); got != "test:1: "+c.want {
+		if got := h.RunErr(t, c.src); got != "test:1: "+c.want {
 			t.Errorf("%s\n got: %s\nwant: test:1: %s", c.src, got, c.want)
 		}
 	}
@@ -162,7 +121,7 @@ func TestLuaErrors(t *testing.T) {
 func TestLuaDocumented(t *testing.T) {
 	h := newHost(t, t.TempDir(), false)
 	var have []string
-	h.run(t, `return disk`)[0].(*lua.LTable).ForEach(func(k, _ lua.LValue) { have = append(have, k.String()) })
+	h.Run(t, `return disk`)[0].(*lua.LTable).ForEach(func(k, _ lua.LValue) { have = append(have, k.String()) })
 	sort.Strings(have)
 	var documented []string
 	for _, f := range Module.Funcs {

@@ -1,9 +1,7 @@
 package fs
 
 import (
-	"bytes"
 	"fmt"
-	"log/slog"
 	"os"
 	"regexp"
 	"sort"
@@ -12,60 +10,20 @@ import (
 	"time"
 
 	"github.com/bkrun/bkrun/runtime"
+	"github.com/bkrun/bkrun/runtime/luatest"
 	lua "github.com/yuin/gopher-lua"
 )
 
-type luaHost struct {
-	*runtime.Host
-	out *bytes.Buffer
-	log *bytes.Buffer
-}
-
 // newHost builds a real host with the fs module; D is set to dir in Lua.
-// The clean-up stack runs at the end of the test if the test did not run it.
-func newHost(t *testing.T, dir string, dryRun bool) *luaHost {
+func newHost(t *testing.T, dir string, dryRun bool) *luatest.Host {
 	t.Helper()
-	var out, logs bytes.Buffer
-	h := runtime.New(runtime.Options{
-		Modules: []*runtime.Module{Module},
-		DryRun:  dryRun,
-		Stdout:  &out,
-		Stderr:  &out,
-		Logger:  slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Exit:    func(int) {},
-	})
-	h.L.SetGlobal("D", lua.LString(dir))
-	t.Cleanup(func() {
-		if err := h.RunCleanup(); err != nil {
-			t.Errorf("clean-up: %v", err)
-		}
-		h.Close()
-	})
-	return &luaHost{Host: h, out: &out, log: &logs}
-}
-
-func (h *luaHost) run(t *testing.T, src string) []lua.LValue {
-	t.Helper()
-	vals, err := h.RunChunk(`local fs = require "fs"; `+src, "test", nil)
-	if err != nil {
-		t.Fatalf("%s\n-> %v", src, err)
-	}
-	return vals
-}
-
-func (h *luaHost) runErr(t *testing.T, src string) string {
-	t.Helper()
-	_, err := h.RunChunk(`local fs = require "fs"; `+src, "test", nil)
-	if err == nil {
-		t.Fatalf("%s: no error", src)
-	}
-	return err.Error()
+	return luatest.NewHost(t, luatest.HostOptions{DryRun: dryRun, Globals: map[string]string{"D": dir}, Prelude: `local fs = require "fs"; `}, Module)
 }
 
 func TestLuaReadWriteStat(t *testing.T) {
 	d := t.TempDir()
 	h := newHost(t, d, false)
-	vals := h.run(t, `
+	vals := h.Run(t, `
 		fs.mkdir(D .. "/a/b", { mode = "0700" })
 		fs.write(D .. "/a/b/f", "hello", { mode = "0600" })
 		fs.write(D .. "/a/b/g", "", { sync = false })
@@ -78,11 +36,11 @@ func TestLuaReadWriteStat(t *testing.T) {
 	if got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
-	if l := h.log.String(); !strings.Contains(l, "msg=fs.mkdir path="+d+"/a/b mode=0700") ||
+	if l := h.Log.String(); !strings.Contains(l, "msg=fs.mkdir path="+d+"/a/b mode=0700") ||
 		!strings.Contains(l, "msg=fs.write path="+d+"/a/b/f bytes=5 mode=0600 sync=true") {
 		t.Errorf("mutations not logged at debug level:\n%s", l)
 	}
-	vals = h.run(t, `
+	vals = h.Run(t, `
 		fs.rename(D .. "/a/b/f", D .. "/a/b/h")
 		fs.remove(D .. "/a/b/g")
 		fs.remove(D .. "/missing")
@@ -138,7 +96,7 @@ func TestLuaErrors(t *testing.T) {
 		{`fs.read(D .. "/missing")`, `fs.read: ` + d + `/missing: no such file or directory`},
 		{`fs.write(D .. "/file/x", "data")`, `fs.write: ` + d + `/file/x: create temp file: not a directory`},
 	} {
-		if got := h.runErr(t, c.src); got != "test:1: "+c.want {
+		if got := h.RunErr(t, c.src); got != "test:1: "+c.want {
 			t.Errorf("%s\n got: %s\nwant: test:1: %s", c.src, got, c.want)
 		}
 	}
@@ -159,7 +117,7 @@ func TestLuaDryRun(t *testing.T) {
 	t.Setenv("TMPDIR", lockDir)
 	h := newHost(t, d, true)
 	h.L.SetGlobal("LOCK", lua.LString(lockDir+"/run.lock"))
-	vals := h.run(t, `
+	vals := h.Run(t, `
 		fs.mkdir(D .. "/new/dir")
 		fs.write(D .. "/keep", "new contents")
 		fs.write(D .. "/fresh", "x", { mode = "0600" })
@@ -180,7 +138,7 @@ func TestLuaDryRun(t *testing.T) {
 		"[dry-run] fs.lock " + lockDir + "/run.lock (taken for real: a dry run holds the lock like a run)",
 		"",
 	}, "\n")
-	if got := h.out.String(); got != want {
+	if got := h.Out.String(); got != want {
 		t.Errorf("dry-run output:\n%s\nwant:\n%s", got, want)
 	}
 	if got := fmt.Sprint(vals); got != fmt.Sprintf("[old true 2 %s/xen-XXXXXXXX %s/run.lock]", lockDir, lockDir) {
@@ -200,7 +158,7 @@ func TestLuaDryRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The refusal of / is checked under --dry-run too.
-	if got := h.runErr(t, `fs.remove("/", { recursive = true })`); got != `test:1: fs.remove: refusing to remove "/" recursively` {
+	if got := h.RunErr(t, `fs.remove("/", { recursive = true })`); got != `test:1: fs.remove: refusing to remove "/" recursively` {
 		t.Errorf("got %s", got)
 	}
 }
@@ -209,7 +167,7 @@ func TestLuaTempdirCleanup(t *testing.T) {
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp)
 	h := newHost(t, tmp, false)
-	vals := h.run(t, `
+	vals := h.Run(t, `
 		local a, b = fs.tempdir(), fs.tempdir("xen-")
 		fs.mkdir(a .. "/deep/er")
 		fs.write(a .. "/deep/er/f", "x")
@@ -232,7 +190,7 @@ func TestLuaTempdirCleanup(t *testing.T) {
 func TestLuaLockRelease(t *testing.T) {
 	d := t.TempDir()
 	h := newHost(t, d, false)
-	vals := h.run(t, `
+	vals := h.Run(t, `
 		local l = fs.lock(D .. "/lock")
 		local held = tostring(l)
 		local ok, err = pcall(fs.lock, D .. "/lock")
@@ -263,7 +221,7 @@ func TestLuaLockRelease(t *testing.T) {
 		t.Fatalf("clean-up did not release the lock: %v", err)
 	}
 	l.Release()
-	if got := h.runErr(t, `local l = fs.lock(D .. "/lock"); l.release({})`); got != "test:1: bad argument #1 to 'lock:release' (fs.lock expected, got table)" {
+	if got := h.RunErr(t, `local l = fs.lock(D .. "/lock"); l.release({})`); got != "test:1: bad argument #1 to 'lock:release' (fs.lock expected, got table)" {
 		t.Errorf("release with a wrong self: %s", got)
 	}
 }
@@ -278,12 +236,12 @@ func TestLuaLockAcrossProcesses(t *testing.T) {
 	h := newHost(t, d, false)
 
 	re := regexp.MustCompile(fmt.Sprintf(`^test:1: fs\.lock: %s/backup\.lock: locked by pid %d since %s$`, regexp.QuoteMeta(d), pid, rfc3339))
-	if got := h.runErr(t, `fs.lock(D .. "/backup.lock")`); !re.MatchString(got) {
+	if got := h.RunErr(t, `fs.lock(D .. "/backup.lock")`); !re.MatchString(got) {
 		t.Errorf("got  %s\nwant %s", got, re)
 	}
 	start := time.Now()
 	re = regexp.MustCompile(fmt.Sprintf(`^test:1: fs\.lock: %s/backup\.lock: locked by pid %d since %s; gave up after waiting 300ms$`, regexp.QuoteMeta(d), pid, rfc3339))
-	if got := h.runErr(t, `fs.lock(D .. "/backup.lock", { wait = 0.3 })`); !re.MatchString(got) {
+	if got := h.RunErr(t, `fs.lock(D .. "/backup.lock", { wait = 0.3 })`); !re.MatchString(got) {
 		t.Errorf("got  %s\nwant %s", got, re)
 	}
 	if el := time.Since(start); el < 300*time.Millisecond {
@@ -292,7 +250,7 @@ func TestLuaLockAcrossProcesses(t *testing.T) {
 
 	time.AfterFunc(300*time.Millisecond, func() { holder.Process.Kill() })
 	start = time.Now()
-	h.run(t, `lock = fs.lock(D .. "/backup.lock", { wait = "20s" })`)
+	h.Run(t, `lock = fs.lock(D .. "/backup.lock", { wait = "20s" })`)
 	if el := time.Since(start); el < 250*time.Millisecond || el > 10*time.Second {
 		t.Errorf("got the lock after %v", el)
 	}
@@ -317,7 +275,7 @@ func TestLuaLockInterrupted(t *testing.T) {
 	defer l.Release()
 	h := newHost(t, d, false)
 	time.AfterFunc(200*time.Millisecond, func() { h.Cancel(&runtime.SignalError{Signal: os.Interrupt}) })
-	got := h.runErr(t, `fs.lock(D .. "/lock", { wait = 60 })`)
+	got := h.RunErr(t, `fs.lock(D .. "/lock", { wait = 60 })`)
 	re := regexp.MustCompile(`^test:1: fs\.lock: ` + regexp.QuoteMeta(d) + `/lock: while waiting for the lock \(.*\): interrupted by SIGINT$`)
 	if !re.MatchString(got) {
 		t.Errorf("got  %s\nwant %s", got, re)
@@ -328,7 +286,7 @@ func TestLuaLockInterrupted(t *testing.T) {
 // every documented function exists, with a signature naming it.
 func TestModuleDocs(t *testing.T) {
 	h := newHost(t, t.TempDir(), false)
-	mod := h.run(t, `return fs`)[0].(*lua.LTable)
+	mod := h.Run(t, `return fs`)[0].(*lua.LTable)
 	var inTable []string
 	mod.ForEach(func(k, _ lua.LValue) { inTable = append(inTable, k.String()) })
 	sort.Strings(inTable)

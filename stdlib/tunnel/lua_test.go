@@ -9,13 +9,14 @@ import (
 	"time"
 
 	"github.com/bkrun/bkrun/internal/sshtest"
+	"github.com/bkrun/bkrun/internal/testenv"
 	"github.com/bkrun/bkrun/runtime"
 	"github.com/bkrun/bkrun/stdlib/tunnel"
 )
 
-func luaHost(t *testing.T, dry bool) (*runtime.Host, *bytes.Buffer, *logBuf) {
+func luaHost(t *testing.T, dry bool) (*runtime.Host, *bytes.Buffer, *testenv.SyncBuffer) {
 	var out bytes.Buffer
-	logs := &logBuf{}
+	logs := &testenv.SyncBuffer{}
 	h := runtime.New(runtime.Options{
 		Modules: []*runtime.Module{tunnel.Module}, DryRun: dry, Stdout: &out, Stderr: &out,
 		Logger: slog.New(slog.NewTextHandler(logs, nil)),

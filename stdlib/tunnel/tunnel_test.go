@@ -1,7 +1,6 @@
 package tunnel_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -15,12 +14,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/bkrun/bkrun/internal/sshtest"
+	"github.com/bkrun/bkrun/internal/testenv"
 	"github.com/bkrun/bkrun/stdlib/ssh"
 	"github.com/bkrun/bkrun/stdlib/tunnel"
 	xssh "golang.org/x/crypto/ssh"
@@ -32,25 +31,6 @@ const (
 	timeout    = 500 * time.Millisecond
 	backoffMax = 500 * time.Millisecond
 )
-
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *logBuf) count(s string) int { return strings.Count(l.String(), s) }
 
 // echoServer is the "MySQL": it echoes what it reads.
 func echoServer(t *testing.T) int {
@@ -122,10 +102,10 @@ func eventually(t *testing.T, within time.Duration, what string, fn func() error
 	return 0
 }
 
-func waitLog(t *testing.T, logs *logBuf, s string, n int, within time.Duration) {
+func waitLog(t *testing.T, logs *testenv.SyncBuffer, s string, n int, within time.Duration) {
 	t.Helper()
 	eventually(t, within, fmt.Sprintf("log line %q ×%d", s, n), func() error {
-		if logs.count(s) >= n {
+		if countIn(logs, s) >= n {
 			return nil
 		}
 		return errors.New("not yet")
@@ -152,14 +132,14 @@ func baseConfig(s *sshtest.Server) tunnel.Config {
 type running struct {
 	cancel context.CancelFunc
 	done   chan error
-	logs   *logBuf
+	logs   *testenv.SyncBuffer
 }
 
 // start runs the tunnel in the background; the test's end stops it.
 func start(t *testing.T, cfg tunnel.Config) *running {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{cancel: cancel, done: make(chan error, 1), logs: &logBuf{}}
+	r := &running{cancel: cancel, done: make(chan error, 1), logs: &testenv.SyncBuffer{}}
 	log := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	go func() { r.done <- tunnel.Run(ctx, cfg, log) }()
 	t.Cleanup(func() {
@@ -240,7 +220,7 @@ func TestLocalForwardKillRestart(t *testing.T) {
 		took := eventually(t, 2*poll+backoffMax+time.Second, "round trip after restart", func() error { return roundTrip(lp) })
 		t.Logf("cycle %d: data flows again %v after restart", i+1, took.Round(time.Millisecond))
 	}
-	if n := r.logs.count(`msg="tunnel up"`); n < 4 {
+	if n := countIn(r.logs, `msg="tunnel up"`); n < 4 {
 		t.Errorf("%d tunnel up lines, want 4", n)
 	}
 	if !strings.Contains(r.logs.String(), `msg="tunnel down" dest=`+s.Dest()+` reason="connection closed`) {
@@ -454,3 +434,5 @@ func TestSIGUSR1(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func countIn(l *testenv.SyncBuffer, s string) int { return strings.Count(l.String(), s) }

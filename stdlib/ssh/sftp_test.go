@@ -199,12 +199,15 @@ func TestKeepaliveDetectsHungPeer(t *testing.T) {
 	}
 }
 
-// TestUploadRate compares Create with `ssh host 'cat > f' < file` on a
-// 256 MiB file. Slow, so only with BKRUN_SSH_BENCH=1.
-func TestUploadRate(t *testing.T) {
-	if os.Getenv("BKRUN_SSH_BENCH") != "1" {
-		t.Skip("set BKRUN_SSH_BENCH=1 to measure upload rates")
+// BenchmarkUploadRate compares Create with `ssh host 'cat > f' < file` on a
+// 256 MiB file: go test -run ^$ -bench UploadRate -benchtime 1x ./stdlib/ssh/
+func BenchmarkUploadRate(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		uploadRate(b)
 	}
+}
+
+func uploadRate(t testing.TB) {
 	testenv.NeedCommand(t, "ssh")
 	s := sshtest.Start(t, sshtest.Options{})
 	c := dial(t, s, opts(s))

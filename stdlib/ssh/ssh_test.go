@@ -26,7 +26,7 @@ func opts(s *sshtest.Server) ssh.Options {
 	return ssh.Options{Identity: []string{s.Identity()}, KnownHosts: s.KnownHosts(), ConfigFile: "none", AgentSocket: "none"}
 }
 
-func dial(t *testing.T, s *sshtest.Server, o ssh.Options) *ssh.Conn {
+func dial(t testing.TB, s *sshtest.Server, o ssh.Options) *ssh.Conn {
 	t.Helper()
 	c, err := ssh.Dial(context.Background(), s.Dest(), o)
 	if err != nil {

@@ -76,3 +76,31 @@ func TypeError(L *lua.LState, n int, fn, want string) {
 	}
 	ArgError(L, n, fn, fmt.Sprintf("%s expected, got %s", want, got))
 }
+
+// CheckString reads argument n as a string; numbers are refused (a path
+// or a name built from a number is a bug in the recipe).
+func CheckString(L *lua.LState, n int, fn string) string {
+	s, ok := L.Get(n).(lua.LString)
+	if !ok {
+		TypeError(L, n, fn, "string")
+	}
+	return string(s)
+}
+
+// CheckPath reads argument n as a non-empty string.
+func CheckPath(L *lua.LState, n int, fn string) string {
+	s := CheckString(L, n, fn)
+	if s == "" {
+		ArgError(L, n, fn, "empty path")
+	}
+	return s
+}
+
+// PushObject pushes a userdata carrying v, with the metatable registered
+// under typeName (L.NewTypeMetatable), as the bindings' objects are.
+func PushObject(L *lua.LState, v any, typeName string) {
+	ud := L.NewUserData()
+	ud.Value = v
+	L.SetMetatable(ud, L.GetTypeMetatable(typeName))
+	L.Push(ud)
+}

@@ -79,21 +79,9 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 // and the path ("disk.open: /dev/sdz: ...").
 func raise(L *lua.LState, err error) { L.RaiseError("%s", err.Error()) }
 
-// pathArg reads argument n as a non-empty string.
-func pathArg(L *lua.LState, n int, fn string) string {
-	s, ok := L.Get(n).(lua.LString)
-	if !ok {
-		runtime.TypeError(L, n, fn, "string")
-	}
-	if s == "" {
-		runtime.ArgError(L, n, fn, "empty path")
-	}
-	return string(s)
-}
-
 func (b *binding) open(L *lua.LState) int {
 	const fn = "disk.open"
-	path := pathArg(L, 1, fn)
+	path := runtime.CheckPath(L, 1, fn)
 	o := runtime.OptsAt(L, 2, fn)
 	opts := Options{
 		Offset:   o.Int("offset", 0),
@@ -108,15 +96,12 @@ func (b *binding) open(L *lua.LState) int {
 	}
 	step := b.h.Defer("close "+path, func(context.Context) error { return s.Close() })
 	b.steps[s] = step
-	ud := L.NewUserData()
-	ud.Value = s
-	L.SetMetatable(ud, L.GetTypeMetatable(sourceType))
-	L.Push(ud)
+	runtime.PushObject(L, s, sourceType)
 	return 1
 }
 
 func (b *binding) size(L *lua.LState) int {
-	n, err := Size(pathArg(L, 1, "disk.size"))
+	n, err := Size(runtime.CheckPath(L, 1, "disk.size"))
 	if err != nil {
 		raise(L, err)
 	}

@@ -114,19 +114,6 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 
 type binding struct{ h *runtime.Host }
 
-// pathArg reads argument n as a non-empty string. Numbers are refused:
-// a path built from a number is a bug in the recipe.
-func pathArg(L *lua.LState, n int, fn string) string {
-	s, ok := L.Get(n).(lua.LString)
-	if !ok {
-		runtime.TypeError(L, n, fn, "string")
-	}
-	if s == "" {
-		runtime.ArgError(L, n, fn, "empty path")
-	}
-	return string(s)
-}
-
 // modeOpt reads the mode option as an octal string.
 func modeOpt(L *lua.LState, o *runtime.Opts, argn int, fn string, def os.FileMode) os.FileMode {
 	if t, ok := L.Get(argn).(*lua.LTable); ok {
@@ -154,7 +141,7 @@ func stringList(L *lua.LState, items []string) *lua.LTable {
 }
 
 func (b *binding) exists(L *lua.LState) int {
-	p := pathArg(L, 1, "fs.exists")
+	p := runtime.CheckPath(L, 1, "fs.exists")
 	ok, err := Exists(p)
 	if err != nil {
 		runtime.Raise(L, "fs.exists", err)
@@ -164,7 +151,7 @@ func (b *binding) exists(L *lua.LState) int {
 }
 
 func (b *binding) stat(L *lua.LState) int {
-	p := pathArg(L, 1, "fs.stat")
+	p := runtime.CheckPath(L, 1, "fs.stat")
 	o := runtime.OptsAt(L, 2, "fs.stat")
 	follow := o.Bool("follow", false)
 	o.Done(false)
@@ -189,7 +176,7 @@ func (b *binding) stat(L *lua.LState) int {
 }
 
 func (b *binding) mkdir(L *lua.LState) int {
-	p := pathArg(L, 1, "fs.mkdir")
+	p := runtime.CheckPath(L, 1, "fs.mkdir")
 	o := runtime.OptsAt(L, 2, "fs.mkdir")
 	mode := modeOpt(L, o, 2, "fs.mkdir", 0755)
 	o.Done(false)
@@ -205,7 +192,7 @@ func (b *binding) mkdir(L *lua.LState) int {
 }
 
 func (b *binding) list(L *lua.LState) int {
-	p := pathArg(L, 1, "fs.list")
+	p := runtime.CheckPath(L, 1, "fs.list")
 	names, err := List(p)
 	if err != nil {
 		runtime.Raise(L, "fs.list", err)
@@ -215,7 +202,7 @@ func (b *binding) list(L *lua.LState) int {
 }
 
 func (b *binding) glob(L *lua.LState) int {
-	p := pathArg(L, 1, "fs.glob")
+	p := runtime.CheckPath(L, 1, "fs.glob")
 	m, err := Glob(p)
 	if err != nil {
 		runtime.Raise(L, "fs.glob", err)
@@ -225,7 +212,7 @@ func (b *binding) glob(L *lua.LState) int {
 }
 
 func (b *binding) remove(L *lua.LState) int {
-	p := pathArg(L, 1, "fs.remove")
+	p := runtime.CheckPath(L, 1, "fs.remove")
 	o := runtime.OptsAt(L, 2, "fs.remove")
 	rec := o.Bool("recursive", false)
 	o.Done(false)
@@ -250,8 +237,8 @@ func (b *binding) remove(L *lua.LState) int {
 }
 
 func (b *binding) rename(L *lua.LState) int {
-	oldp := pathArg(L, 1, "fs.rename")
-	newp := pathArg(L, 2, "fs.rename")
+	oldp := runtime.CheckPath(L, 1, "fs.rename")
+	newp := runtime.CheckPath(L, 2, "fs.rename")
 	if b.h.DryRun() {
 		b.h.DryRunf("fs.rename %s -> %s", oldp, newp)
 		return 0
@@ -264,7 +251,7 @@ func (b *binding) rename(L *lua.LState) int {
 }
 
 func (b *binding) read(L *lua.LState) int {
-	p := pathArg(L, 1, "fs.read")
+	p := runtime.CheckPath(L, 1, "fs.read")
 	o := runtime.OptsAt(L, 2, "fs.read")
 	max := o.Int("max", DefaultMaxRead)
 	o.Done(false)
@@ -280,7 +267,7 @@ func (b *binding) read(L *lua.LState) int {
 }
 
 func (b *binding) write(L *lua.LState) int {
-	p := pathArg(L, 1, "fs.write")
+	p := runtime.CheckPath(L, 1, "fs.write")
 	data, ok := L.Get(2).(lua.LString)
 	if !ok {
 		runtime.TypeError(L, 2, "fs.write", "string")
@@ -378,7 +365,7 @@ func checkLock(L *lua.LState, fn string) *luaLock {
 }
 
 func (b *binding) lock(L *lua.LState) int {
-	p := pathArg(L, 1, "fs.lock")
+	p := runtime.CheckPath(L, 1, "fs.lock")
 	o := runtime.OptsAt(L, 2, "fs.lock")
 	wait := o.Duration("wait", 0)
 	o.Done(false)
@@ -406,10 +393,7 @@ func (b *binding) lock(L *lua.LState) int {
 			return l.Release()
 		})
 	}
-	ud := L.NewUserData()
-	ud.Value = ll
-	L.SetMetatable(ud, L.GetTypeMetatable(lockType))
-	L.Push(ud)
+	runtime.PushObject(L, ll, lockType)
 	return 1
 }
 

@@ -137,10 +137,7 @@ func (b *binding) connect(L *lua.LState) int {
 		log.Debug("ssh close", "dest", name)
 		return c.Close()
 	})
-	ud := L.NewUserData()
-	ud.Value = lc
-	L.SetMetatable(ud, L.GetTypeMetatable(connType))
-	L.Push(ud)
+	runtime.PushObject(L, lc, connType)
 	return 1
 }
 

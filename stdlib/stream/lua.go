@@ -75,7 +75,7 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 		"restore": func(L *lua.LState) int { return luaRestore(h, L) },
 		"verify":  func(L *lua.LState) int { return luaVerify(h, L) },
 		"info": func(L *lua.LState) int {
-			image := checkString(L, 1, "stream.info")
+			image := runtime.CheckString(L, 1, "stream.info")
 			m, err := LoadMeta(image)
 			if err != nil {
 				runtime.Raise(L, "stream.info", err)
@@ -92,14 +92,6 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 			return 1
 		},
 	})
-}
-
-func checkString(L *lua.LState, n int, fn string) string {
-	s, ok := L.Get(n).(lua.LString)
-	if !ok {
-		runtime.TypeError(L, n, fn, "string")
-	}
-	return string(s)
 }
 
 // named is implemented by sources that know where they read from.
@@ -348,7 +340,7 @@ func luaRestore(h *runtime.Host, L *lua.LState) int {
 
 func luaVerify(h *runtime.Host, L *lua.LState) int {
 	const fn = "stream.verify"
-	image := checkString(L, 1, fn)
+	image := runtime.CheckString(L, 1, fn)
 	var total int64 = -1
 	if m, err := LoadMeta(image); err == nil {
 		total = m.Size

@@ -134,7 +134,7 @@ func (f *RemoteFile) Write(p []byte) (int, error) {
 	n, err := f.w.Write(p)
 	f.n += int64(n)
 	if err != nil {
-		f.err = f.c.fail("write "+f.tmp, err)
+		f.err = f.c.fail("write "+f.tmp, explainFailure(err))
 		return n, f.err
 	}
 	return n, nil
@@ -274,3 +274,14 @@ func (r *RemoteReader) WriteTo(w io.Writer) (int64, error) {
 
 // Close closes the file.
 func (r *RemoteReader) Close() error { return r.f.Close() }
+
+// explainFailure adds what SFTP v3 cannot say: OpenSSH's sftp-server
+// answers a write that fails for lack of space (or quota) with the generic
+// SSH_FX_FAILURE.
+func explainFailure(err error) error {
+	var se *sftp.StatusError
+	if errors.As(err, &se) && se.FxCode() == sftp.ErrSSHFxFailure {
+		return fmt.Errorf("%w (the server gives no reason; usually a full disk or quota)", err)
+	}
+	return err
+}

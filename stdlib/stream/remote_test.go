@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bkrun/bkrun/internal/sshtest"
+	"github.com/bkrun/bkrun/internal/testenv"
 	"github.com/bkrun/bkrun/runtime"
 	"github.com/bkrun/bkrun/stdlib/disk"
 	"github.com/bkrun/bkrun/stdlib/ssh"
@@ -195,4 +196,39 @@ func TestCopyThroughReceiver(t *testing.T) {
 		t.Errorf("existing backup replaced without overwrite: %v", err)
 	}
 	assertNoPartial(t, filepath.Join(root, "site"))
+}
+
+// The remote disk fills up: the copy fails naming the cause, the partial
+// file is removed over the still-open connection, and the backup already
+// there is untouched.
+func TestRemoteDiskFull(t *testing.T) {
+	testenv.NeedRoot(t)
+	_, run, _ := remoteHost(t)
+	rdir := t.TempDir()
+	err := exec.Command("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", rdir).Run()
+	testenv.Need(t, err == nil, "mount -t tmpfs")
+	t.Cleanup(func() { exec.Command("umount", rdir).Run() })
+	target := filepath.Join(rdir, "x.img")
+	os.WriteFile(target, []byte("previous backup"), 0o644)
+	img := filepath.Join(t.TempDir(), "big.img")
+	f, _ := os.Create(img)
+	r := rand.New(rand.NewSource(3))
+	blk := make([]byte, 1<<20)
+	for i := 0; i < 16; i++ {
+		r.Read(blk)
+		f.Write(blk)
+	}
+	f.Close()
+	err = run(fmt.Sprintf(`stream.copy{from = %q, to = DEST .. ":" .. %q, ssh = SSH, overwrite = true, codec = "none"}`, img, target))
+	if err == nil {
+		t.Fatal("copy to a full remote disk succeeded")
+	}
+	if !strings.Contains(err.Error(), target) || !strings.Contains(err.Error(), "usually a full disk or quota") {
+		t.Errorf("error does not name the destination and the likely cause: %v", err)
+	}
+	if b, _ := os.ReadFile(target); string(b) != "previous backup" {
+		t.Error("previous backup touched")
+	}
+	assertNoPartial(t, rdir)
+	t.Logf("error: %v", err)
 }

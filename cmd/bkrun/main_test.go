@@ -380,3 +380,48 @@ func TestDemoLeavesNothingBehind(t *testing.T) {
 		}
 	}
 }
+
+// A recipe stuck in a hung command while a VM is paused: the watchdog
+// unpauses the VM within the window, while the recipe still hangs; SIGTERM
+// then stops the run and the domain is not unpaused a second time.
+func TestPausedVMNeverStaysPaused(t *testing.T) {
+	shimDir, _ := filepath.Abs(filepath.Join(repoRoot(t), "stdlib", "vm", "testdata", "shims"))
+	dir := t.TempDir()
+	logf, state := filepath.Join(dir, "calls"), filepath.Join(dir, "state")
+	os.Mkdir(state, 0o755)
+	os.WriteFile(filepath.Join(state, "master"), []byte("running\n"), 0o644)
+	cmd := exec.Command(bkrunBin, writeScript(t, `local vm, exec = require "vm", require "exec"
+vm.pause("master", {max = 0.3})
+io.stdout:write("ready\n") io.stdout:flush()
+exec.run{"sleep", "60"}   -- the hung lvcreate
+`))
+	cmd.Env = append(os.Environ(), "PATH="+shimDir+":"+os.Getenv("PATH"), "SHIM_LOG="+logf, "SHIM_STATE="+state)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := bufio.NewReader(out).ReadString('\n'); l != "ready\n" {
+		t.Fatalf("got %q; stderr %s", l, stderr.String())
+	}
+	calls := func() string { b, _ := os.ReadFile(logf); return string(b) }
+	deadline := time.Now().Add(3 * time.Second)
+	for !strings.Contains(calls(), "xl unpause master") {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("the watchdog did not unpause; calls %q", calls())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if code := waitExit(t, cmd, 5*time.Second); code != 143 {
+		t.Errorf("exit %d", code)
+	}
+	if got := calls(); got != "xl pause master\nxl unpause master\n" {
+		t.Errorf("calls %q", got)
+	}
+	if !strings.Contains(stderr.String(), "vm paused longer than allowed") {
+		t.Errorf("stderr lacks the watchdog line: %s", stderr.String())
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"github.com/bkrun/bkrun/stdlib/ssh"
 	"github.com/bkrun/bkrun/stdlib/stream"
 	"github.com/bkrun/bkrun/stdlib/tunnel"
+	"github.com/bkrun/bkrun/stdlib/vm"
 )
 
 // modules lists the native modules, in the order `bkrun help` shows them.
@@ -22,5 +23,6 @@ func modules() []*runtime.Module {
 		stream.Module,
 		ssh.Module,
 		tunnel.Module,
+		vm.Module,
 	}
 }

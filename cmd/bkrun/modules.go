@@ -6,6 +6,7 @@ import (
 	"github.com/bkrun/bkrun/stdlib/exec"
 	"github.com/bkrun/bkrun/stdlib/fs"
 	lualog "github.com/bkrun/bkrun/stdlib/log"
+	"github.com/bkrun/bkrun/stdlib/lvm"
 	"github.com/bkrun/bkrun/stdlib/ssh"
 	"github.com/bkrun/bkrun/stdlib/stream"
 	"github.com/bkrun/bkrun/stdlib/tunnel"
@@ -24,5 +25,6 @@ func modules() []*runtime.Module {
 		ssh.Module,
 		tunnel.Module,
 		vm.Module,
+		lvm.Module,
 	}
 }

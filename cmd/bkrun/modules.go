@@ -11,6 +11,7 @@ import (
 	"github.com/bkrun/bkrun/stdlib/stream"
 	"github.com/bkrun/bkrun/stdlib/tunnel"
 	"github.com/bkrun/bkrun/stdlib/vm"
+	"github.com/bkrun/bkrun/stdlib/zfs"
 )
 
 // modules lists the native modules, in the order `bkrun help` shows them.
@@ -26,5 +27,6 @@ func modules() []*runtime.Module {
 		tunnel.Module,
 		vm.Module,
 		lvm.Module,
+		zfs.Module,
 	}
 }

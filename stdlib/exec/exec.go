@@ -30,14 +30,17 @@ const MaxCapture = 64 << 20
 
 // Cmd describes one command.
 type Cmd struct {
-	Argv    []string
-	Env     map[string]string // added to (and overriding) the inherited environment
-	Dir     string
-	Stdin   string        // fed to the command; otherwise stdin is /dev/null
-	Timeout time.Duration // 0: none
-	Capture bool          // capture stdout; otherwise it goes to Stdout
-	Stdout  io.Writer     // where uncaptured stdout goes (nil: discarded)
-	Stderr  io.Writer     // stderr is copied here as well as kept for errors (nil: kept only)
+	Argv  []string
+	Env   map[string]string // added to (and overriding) the inherited environment
+	Dir   string
+	Stdin string // fed to the command; otherwise stdin is /dev/null
+	// StdinReader streams into the command instead (a send stream into
+	// zfs receive): bytes never pass through Lua.
+	StdinReader io.Reader
+	Timeout     time.Duration // 0: none
+	Capture     bool          // capture stdout; otherwise it goes to Stdout
+	Stdout      io.Writer     // where uncaptured stdout goes (nil: discarded)
+	Stderr      io.Writer     // stderr is copied here as well as kept for errors (nil: kept only)
 }
 
 // Result is what a finished command reports.
@@ -156,7 +159,9 @@ func Run(ctx context.Context, c Cmd) (Result, error) {
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}
 	}
-	if c.Stdin != "" {
+	if c.StdinReader != nil {
+		cmd.Stdin = c.StdinReader
+	} else if c.Stdin != "" {
 		cmd.Stdin = strings.NewReader(c.Stdin)
 	}
 	var stdout limitedBuffer

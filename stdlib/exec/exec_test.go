@@ -3,6 +3,7 @@ package exec
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -123,5 +124,31 @@ func BenchmarkRunTrue(b *testing.B) {
 		if _, err := Run(context.Background(), Cmd{Argv: []string{"true"}}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestStreamReportsFailureInsteadOfEOF(t *testing.T) {
+	s, err := Stream(context.Background(), Cmd{Argv: []string{"sh", "-c", "printf 'partial data'; echo 'ERROR: send ioctl failed' >&2; exit 1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(s)
+	if string(b) != "partial data" || err == nil || err.Error() != "sh exited 1: ERROR: send ioctl failed" {
+		t.Fatalf("read %q, err %v", b, err)
+	}
+	s, _ = Stream(context.Background(), Cmd{Argv: []string{"printf", "whole"}})
+	if b, err := io.ReadAll(s); string(b) != "whole" || err != nil {
+		t.Fatalf("read %q, err %v", b, err)
+	}
+	// Closing early stops a producer that would run forever.
+	s, _ = Stream(context.Background(), Cmd{Argv: []string{"yes"}})
+	buf := make([]byte, 10)
+	s.Read(buf)
+	done := make(chan error, 1)
+	go func() { done <- s.Close() }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		t.Fatal("Close did not stop the producer")
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/bkrun/bkrun/runtime"
+	"github.com/bkrun/bkrun/stdlib/btrfs"
 	"github.com/bkrun/bkrun/stdlib/disk"
 	"github.com/bkrun/bkrun/stdlib/exec"
 	"github.com/bkrun/bkrun/stdlib/fs"
@@ -26,6 +27,7 @@ func modules() []*runtime.Module {
 		ssh.Module,
 		tunnel.Module,
 		vm.Module,
+		btrfs.Module,
 		lvm.Module,
 		zfs.Module,
 	}

@@ -456,32 +456,14 @@ func Receive(ctx context.Context, dir string, r io.Reader) (string, error) {
 			before[e.Name()] = true
 		}
 	}
-	// exec.Cmd feeds only strings on stdin: btrfs receive reads the
-	// stream from our end of a pipe instead (-f /proc/PID/fd/N).
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return "", opErr(op, dir, err)
-	}
+	// The stream goes to btrfs receive's stdin. If the source fails (a
+	// failing send, a corrupt file) the stream is incomplete: receive is
+	// killed rather than left to finish it.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var readErr error
-	copied := make(chan struct{})
-	go func() {
-		defer close(copied)
-		_, err := io.Copy(pw, r)
-		pw.Close()
-		var pe *os.PathError
-		if err != nil && !(errors.As(err, &pe) && errors.Is(err, unix.EPIPE)) {
-			// The source failed (a failing send, a corrupt file):
-			// the stream is incomplete, so receive must not finish it.
-			readErr = err
-			cancel()
-		}
-	}()
-	fdPath := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), pr.Fd())
-	res, rerr := exec.Run(ctx, exec.Cmd{Argv: Argv("receive", "-f", fdPath, dir), Capture: true})
-	pr.Close() // wakes a writer blocked on a receive that has exited
-	<-copied
+	src := &failStop{r: r, stop: cancel}
+	res, rerr := exec.Run(ctx, exec.Cmd{Argv: Argv("receive", dir), Capture: true, StdinReader: src})
+	readErr := src.err
 	// btrfs-progs 6.x prints "At subvol" on stdout, older ones on stderr.
 	name := receivedName(res.Stdout + "\n" + res.Stderr)
 	if rerr == nil && readErr == nil {
@@ -527,4 +509,20 @@ func receivedName(stderr string) string {
 		}
 	}
 	return name
+}
+
+// failStop records the first read error of a stream and stops its consumer.
+type failStop struct {
+	r    io.Reader
+	stop func()
+	err  error
+}
+
+func (f *failStop) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if err != nil && err != io.EOF && f.err == nil {
+		f.err = err
+		f.stop()
+	}
+	return n, err
 }

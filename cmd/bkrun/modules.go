@@ -8,6 +8,7 @@ import (
 	"github.com/bkrun/bkrun/stdlib/fs"
 	lualog "github.com/bkrun/bkrun/stdlib/log"
 	"github.com/bkrun/bkrun/stdlib/lvm"
+	"github.com/bkrun/bkrun/stdlib/retain"
 	"github.com/bkrun/bkrun/stdlib/ssh"
 	"github.com/bkrun/bkrun/stdlib/stream"
 	"github.com/bkrun/bkrun/stdlib/tunnel"
@@ -30,5 +31,6 @@ func modules() []*runtime.Module {
 		btrfs.Module,
 		lvm.Module,
 		zfs.Module,
+		retain.Module,
 	}
 }

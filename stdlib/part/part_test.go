@@ -173,6 +173,10 @@ func TestMBRAgainstSfdisk(t *testing.T) {
 	if tab.DiskGUID != "0x1badcafe" || !tab.Partitions[0].Bootable || tab.Partitions[1].Bootable {
 		t.Errorf("id %s, boot flags %+v", tab.DiskGUID, tab.Partitions)
 	}
+	// EBRs packed right after one another (the fuzz seed's layout).
+	if tab := crossCheck(t, makeImage(t, t.TempDir(), "small.img", 96*1024, smallMBRScript)); len(tab.Partitions) != 4 {
+		t.Errorf("small image: %+v", tab.Partitions)
+	}
 }
 
 func TestGPTAgainstSfdisk(t *testing.T) {

@@ -1,0 +1,65 @@
+description = [[
+Snapshot backups on btrfs (seed 000): rsync SOURCE into the subvolume
+BASE/<host>/<path>/cur (created if missing), then keep a read-only snapshot of it
+named by the time (BASE/<host>/<path>/2026-11-22T03:00:00Z), and prune old snapshots
+with a retention policy. Unchanged files share their blocks between snapshots, so each
+snapshot costs only what changed: pdumpfs or rsync --link-dest, done by the filesystem.
+
+SOURCE is a local directory, or host:dir to pull from another host over ssh (rsync's
+own transport). rsync's exit status 24 (files vanished while copying) is accepted and
+logged; any other failure stops the run before the snapshot, so a snapshot is always
+of a complete copy.
+]]
+args = {
+  { name = "source", help = "directory to back up, or host:dir" },
+  { name = "base", help = "directory on a btrfs filesystem holding the backups, e.g. /backup" },
+  { name = "keep", default = "last=7 daily=14 weekly=8 monthly=12", help = "retention policy (retain.plan)" },
+  { name = "rsync_opt", type = "list", help = "extra rsync option, e.g. --exclude=/proc" },
+}
+
+local exec, fs, log = require "exec", require "fs", require "log"
+local btrfs, retain = require "btrfs", require "retain"
+
+local function where(source)
+  local host, dir = source:match("^([%w%.%-]+):(.+)$")
+  if not host then host, dir = exec.output({"hostname"}, {safe = true}), source end
+  local name = dir:gsub("/+$", ""):gsub("^/+", ""):gsub("/", "_")
+  return host, (name == "" and "root" or name)
+end
+
+function run(a)
+  local host, name = where(a.source)
+  local dest = ("%s/%s/%s"):format(a.base, host, name)
+  fs.mkdir(dest)
+  local lock = fs.lock(dest .. "/.lock")
+  local cur = dest .. "/cur"
+  if not btrfs.is_subvolume(cur) then btrfs.create(cur) end
+
+  local argv = {"rsync", "-aHAX", "--delete", "--numeric-ids"}
+  for _, o in ipairs(a.rsync_opt) do argv[#argv + 1] = o end
+  argv[#argv + 1] = a.source:gsub("/*$", "/")
+  argv[#argv + 1] = cur .. "/"
+  local r = exec.run(argv, {check = false})
+  if r.status == 24 then
+    log.warn("rsync: some files vanished while copying", {source = a.source})
+  elseif not r.ok then
+    error(("rsync exited %d: the copy in %s is incomplete; no snapshot taken"):format(r.status, cur), 0)
+  end
+
+  local snap = dest .. "/" .. os.date("!%Y-%m-%dT%H:%M:%SZ")
+  btrfs.snapshot(cur, snap, {readonly = true})
+  print("snapshot " .. snap)
+
+  if bkrun.dry_run and not fs.exists(dest) then return end
+  local names = {}
+  for _, n in ipairs(fs.list(dest)) do
+    if n:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$") then names[#names + 1] = n end
+  end
+  for _, d in ipairs(retain.plan(names, a.keep)) do
+    if not d.keep then
+      btrfs.delete(dest .. "/" .. d.name)
+      print(("pruned %s (%s)"):format(d.name, d.reason))
+    end
+  end
+  lock:release()
+end

@@ -8,6 +8,7 @@ import (
 	"github.com/bkrun/bkrun/stdlib/fs"
 	lualog "github.com/bkrun/bkrun/stdlib/log"
 	"github.com/bkrun/bkrun/stdlib/lvm"
+	"github.com/bkrun/bkrun/stdlib/part"
 	"github.com/bkrun/bkrun/stdlib/retain"
 	"github.com/bkrun/bkrun/stdlib/ssh"
 	"github.com/bkrun/bkrun/stdlib/stream"
@@ -31,6 +32,7 @@ func modules() []*runtime.Module {
 		btrfs.Module,
 		lvm.Module,
 		zfs.Module,
+		part.Module,
 		retain.Module,
 	}
 }

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/bkrun/bkrun/internal/sshtest"
 	"github.com/bkrun/bkrun/internal/testenv"
 )
 
@@ -97,4 +99,87 @@ func TestBtrBackupRecipe(t *testing.T) {
 func runAfterASecond(t *testing.T) {
 	t.Helper()
 	exec.Command("sleep", "1.1").Run()
+}
+
+// Seed 004: send/receive mirroring with the new/old rotation, locally and
+// to a "remote" host through a real sshd; a failing receive keeps the old
+// parent and removes the new snapshot.
+func TestBtrfsSnapsyncRecipe(t *testing.T) {
+	srcFS, dstFS := btrfsMount(t), btrfsMount(t)
+	subvol, snapdir := filepath.Join(srcFS, "share"), filepath.Join(srcFS, "snapshots")
+	if out, err := exec.Command("btrfs", "subvolume", "create", subvol).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	os.Mkdir(snapdir, 0o755)
+	dest := filepath.Join(dstFS, "mirror")
+	os.Mkdir(dest, 0o755)
+	stamps := func(dir string) []string {
+		ents, _ := os.ReadDir(dir)
+		var out []string
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name(), "Z") {
+				out = append(out, e.Name())
+			}
+		}
+		return out
+	}
+	for i := 1; i <= 3; i++ {
+		os.WriteFile(filepath.Join(subvol, "data"), []byte(strings.Repeat("x", i*1000)), 0o644)
+		if i > 1 {
+			runAfterASecond(t)
+		}
+		r := bkrun(t, "", "scripts/btrfs-snapsync.lua", subvol, snapdir, dest, "--keep", "last=2")
+		want := "(full)"
+		if i > 1 {
+			want = "(incremental)"
+		}
+		if r.code != 0 || !strings.Contains(r.stdout, want) {
+			t.Fatalf("run %d: %+v", i, r)
+		}
+	}
+	got := stamps(dest)
+	if len(got) != 2 {
+		t.Fatalf("snapshots at the destination: %v", got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dest, got[1], "data")); len(b) != 3000 {
+		t.Errorf("newest mirror has %d bytes", len(b))
+	}
+	if ents, _ := os.ReadDir(snapdir); len(ents) != 2 { // snapshot-old and the lock file
+		t.Errorf("snapdir holds %v", ents)
+	}
+	// A destination that is not btrfs: the receive fails, snapshot-new is
+	// removed, snapshot-old (the next parent) is kept.
+	r := bkrun(t, "", "scripts/btrfs-snapsync.lua", subvol, snapdir, t.TempDir())
+	if r.code != 1 || !strings.Contains(r.stderr, "btrfs receive") {
+		t.Errorf("non-btrfs destination: %+v", r)
+	}
+	if _, err := os.Stat(filepath.Join(snapdir, "snapshot-new")); err == nil {
+		t.Error("snapshot-new left behind")
+	}
+	if _, err := os.Stat(filepath.Join(snapdir, "snapshot-old")); err != nil {
+		t.Error("snapshot-old lost")
+	}
+
+	// To another host over SSH (the same machine through a real sshd).
+	s := sshtest.Start(t, sshtest.Options{})
+	rdest := filepath.Join(dstFS, "remote")
+	os.Mkdir(rdest, 0o755)
+	for i := 0; i < 2; i++ {
+		if i > 0 {
+			runAfterASecond(t)
+		}
+		os.WriteFile(filepath.Join(subvol, "data"), []byte(strings.Repeat("y", 5000+i)), 0o644)
+		r := bkrun(t, "", "scripts/btrfs-snapsync.lua", subvol, snapdir, s.User()+"@127.0.0.1:"+rdest,
+			"--port", fmt.Sprint(s.Port()), "--identity", s.Identity(), "--known-hosts", s.KnownHosts())
+		if r.code != 0 {
+			t.Fatalf("remote run %d: %+v", i, r)
+		}
+	}
+	got = stamps(rdest)
+	if len(got) != 2 {
+		t.Fatalf("remote snapshots %v", got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(rdest, got[1], "data")); len(b) != 5001 {
+		t.Errorf("newest remote mirror has %d bytes", len(b))
+	}
 }

@@ -1,0 +1,95 @@
+description = [[
+Mirror a btrfs subvolume to another btrfs filesystem with send/receive (seed 004).
+
+Takes a read-only snapshot SNAPDIR/snapshot-new of SUBVOL and sends it to DEST —
+incrementally against SNAPDIR/snapshot-old when that exists — where it is received
+and renamed by time (DEST/2026-11-22T03:00:00Z). On success snapshot-old is deleted
+and snapshot-new becomes snapshot-old, the parent of the next run; on any failure
+snapshot-new is deleted and snapshot-old kept, so the next run retries from the same
+parent. Snapshots at DEST are pruned with --keep.
+
+DEST is a directory on a local btrfs filesystem, or [user@]host:dir: bkrun connects
+over SSH itself and runs "btrfs receive dir" there with the stream on its stdin.
+]]
+args = {
+  { name = "subvol", help = "the subvolume to mirror, e.g. /home/foo/share" },
+  { name = "snapdir", help = "where snapshot-new/-old live (on SUBVOL's filesystem)" },
+  { name = "dest", help = "btrfs directory receiving the snapshots, local or [user@]host:dir" },
+  { name = "keep", default = "last=30 daily=14 monthly=12", help = "retention of the snapshots at DEST" },
+  { name = "port", type = "integer", required = false, help = "ssh port of a remote DEST" },
+  { name = "identity", required = false, help = "ssh private key for a remote DEST" },
+  { name = "known_hosts", required = false, help = "known_hosts file for a remote DEST" },
+}
+
+local btrfs, exec, fs, log = require "btrfs", require "exec", require "fs", require "log"
+local retain, ssh = require "retain", require "ssh"
+
+local STAMP = "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$"
+
+-- A place to receive into: the local filesystem, or a host reached over SSH.
+local function local_dest(dir)
+  return {
+    receive = function(src) return btrfs.receive(dir, src) end,
+    rename = function(from, to) fs.rename(from, dir .. "/" .. to) end,
+    list = function() return fs.list(dir) end,
+    delete = function(name) btrfs.delete(dir .. "/" .. name) end,
+  }
+end
+
+local function remote_dest(host, dir, a)
+  local c = ssh.connect(host, {port = a.port, identity = a.identity, known_hosts = a.known_hosts})
+  local function sh(argv, opts) return c:exec(exec.quote(argv), opts) end
+  return {
+    receive = function(src)
+      local r = sh({"btrfs", "receive", dir}, {stdin = src})
+      local name = (r.stdout .. "\n" .. r.stderr):match("At %a+ (%S+)")
+      if not name then error("btrfs receive on " .. host .. " named no subvolume", 0) end
+      return dir .. "/" .. name
+    end,
+    rename = function(from, to) sh{"mv", "-T", from, dir .. "/" .. to} end,
+    list = function()
+      local names = {}
+      for n in c:output(exec.quote{"ls", "-1", dir}, {safe = true}):gmatch("[^\n]+") do names[#names + 1] = n end
+      return names
+    end,
+    delete = function(name) sh{"btrfs", "subvolume", "delete", dir .. "/" .. name} end,
+  }
+end
+
+function run(a)
+  local host, dir = a.dest:match("^([^/:]+):(.+)$")
+  local dest = host and remote_dest(host, dir, a) or local_dest(a.dest)
+  local new, old = a.snapdir .. "/snapshot-new", a.snapdir .. "/snapshot-old"
+  local lock = fs.lock(a.snapdir .. "/.snapsync.lock")
+  if btrfs.is_subvolume(new) then
+    log.warn("removing snapshot-new left by an interrupted run", {path = new})
+    btrfs.delete(new)
+  end
+  btrfs.snapshot(a.subvol, new, {readonly = true})
+  local parent = btrfs.is_subvolume(old) and old or nil
+
+  local ok, err = pcall(function()
+    local stamp = os.date("!%Y-%m-%dT%H:%M:%SZ")
+    local got = dest.receive(btrfs.send(new, {parent = parent}))
+    dest.rename(got, stamp)
+    print(("sent %s as %s (%s)"):format(new, stamp, parent and "incremental" or "full"))
+  end)
+  if not ok then
+    btrfs.delete(new)
+    error(err, 0)
+  end
+  if parent then btrfs.delete(old) end
+  fs.rename(new, old)
+
+  local names = {}
+  for _, n in ipairs(dest.list()) do
+    if n:match(STAMP) then names[#names + 1] = n end
+  end
+  for _, d in ipairs(retain.plan(names, a.keep)) do
+    if not d.keep then
+      dest.delete(d.name)
+      print(("pruned %s (%s)"):format(d.name, d.reason))
+    end
+  end
+  lock:release()
+end

@@ -1,6 +1,7 @@
 package exec
 
 import (
+	"context"
 	"errors"
 	osexec "os/exec"
 	"strings"
@@ -38,6 +39,12 @@ SIGKILL 2 seconds later.`,
 			Doc: "Find an executable in $PATH."},
 		{Name: "quote", Sig: "exec.quote(argv) -> string",
 			Doc: "Render argv as a shell-quoted line, for logs and messages."},
+		{Name: "stream", Sig: "exec.stream(cmd [, {dir=}]) -> source",
+			Doc: `Start a command whose standard output is a source for stream.copy
+(dump -0 -f - /dev/loop3). If the command exits non-zero the copy fails with
+its status and stderr tail: a dying producer never looks like a short,
+complete stream. The command is stopped by the clean-up stack if nobody read
+it to the end. Under --dry-run the command is printed and the source is empty.`},
 	},
 	Open: open,
 }
@@ -53,6 +60,34 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 				return 1
 			}
 			L.Push(lua.LString(p))
+			return 1
+		},
+		"stream": func(L *lua.LState) int {
+			argv, t := checkCmd(L, "exec.stream")
+			dir := ""
+			if t != nil {
+				o := runtime.OptsOf(L, t, 1, "exec.stream")
+				dir = o.String("dir", "")
+				o.Done(true)
+			}
+			o := runtime.OptsAt(L, 2, "exec.stream")
+			dir = o.String("dir", dir)
+			o.Done(false)
+			ud := L.NewUserData()
+			if h.DryRun() {
+				h.DryRunf("exec: %s |", Quote(argv))
+				ud.Value = strings.NewReader("")
+				L.Push(ud)
+				return 1
+			}
+			h.Logger().Debug("exec stream", "cmd", Quote(argv))
+			s, err := Stream(h.Context(), Cmd{Argv: argv, Dir: dir})
+			if err != nil {
+				runtime.Raise(L, "exec.stream", err)
+			}
+			h.Defer("stop "+argv[0], func(context.Context) error { s.Close(); return nil })
+			ud.Value = s
+			L.Push(ud)
 			return 1
 		},
 		"quote": func(L *lua.LState) int {

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bkrun/bkrun/internal/testenv"
+)
+
+// xenRig is seed 003's world without Xen or device-mapper: xl and the LVM
+// tools are recorded shims; the domU's "logical volume" is a real
+// partitioned disk image with two ext4 filesystems, which the lvcreate
+// shim copies as the snapshot. Everything after that is real: partition
+// parsing, loop devices, dump, compression, files.
+type xenRig struct {
+	env              []string
+	calls, dest, dir string
+	state            string
+}
+
+func newXenRig(t *testing.T) *xenRig {
+	t.Helper()
+	testenv.NeedRoot(t)
+	for _, c := range []string{"sfdisk", "mkfs.ext4", "losetup", "dump", "restore", "lz4"} {
+		testenv.NeedCommand(t, c)
+	}
+	root := repoRoot(t)
+	dir, err := os.MkdirTemp("/var/tmp", "bkrun-xen-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	r := &xenRig{dir: dir, calls: filepath.Join(dir, "calls"), dest: filepath.Join(dir, "backup"), state: filepath.Join(dir, "state")}
+	os.MkdirAll(filepath.Join(r.state, "VGatom"), 0o755)
+	os.WriteFile(filepath.Join(r.state, "master"), []byte("running\n"), 0o644)
+	img := filepath.Join(r.state, "VGatom", "master")
+	run := func(name string, args ...string) string {
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	f, _ := os.Create(img)
+	f.Truncate(64 << 20)
+	f.Close()
+	sf := exec.Command("sfdisk", "-q", img)
+	sf.Stdin = strings.NewReader("label: dos\nstart=2048, size=40960, type=83\nstart=43008, type=83\n")
+	if out, err := sf.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v %s", err, out)
+	}
+	for i, off := range [][2]string{{"1048576", "20971520"}, {"22020096", "45088768"}} {
+		dev := run("losetup", "--find", "--show", "--offset", off[0], "--sizelimit", off[1], img)
+		run("mkfs.ext4", "-q", "-L", fmt.Sprintf("part%d", i+1), dev)
+		mnt := filepath.Join(dir, "mnt")
+		os.MkdirAll(mnt, 0o755)
+		run("mount", dev, mnt)
+		os.WriteFile(filepath.Join(mnt, fmt.Sprintf("file%d.txt", i+1)), []byte(strings.Repeat("seed 003\n", 1000)), 0o644)
+		run("umount", mnt)
+		run("losetup", "-d", dev)
+	}
+	shims := filepath.Join(root, "stdlib", "vm", "testdata", "shims") + ":" + filepath.Join(root, "stdlib", "lvm", "testdata", "shims")
+	r.env = append(os.Environ(), "PATH="+shims+":"+os.Getenv("PATH"), "SHIM_LOG="+r.calls, "SHIM_STATE="+r.state)
+	return r
+}
+
+func (r *xenRig) args(extra ...string) []string {
+	a := []string{"scripts/xen-backup.lua", "master", "--dest", r.dest, "--history", filepath.Join(r.dir, "hist.json")}
+	if !strings.Contains(strings.Join(extra, " "), "--hypervisor") {
+		a = append(a, "--hypervisor", "xl")
+	}
+	return append(a, extra...)
+}
+
+func (r *xenRig) run(t *testing.T, extra ...string) result {
+	t.Helper()
+	cmd := exec.Command(bkrunBin, r.args(extra...)...)
+	cmd.Dir = repoRoot(t)
+	cmd.Env = r.env
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	}
+	return result{code, so.String(), se.String()}
+}
+
+func (r *xenRig) log() string { b, _ := os.ReadFile(r.calls); return string(b) }
+
+// After any run: the VM runs, the snapshot is gone, no loop device is left.
+func (r *xenRig) assertCleanedUp(t *testing.T) {
+	t.Helper()
+	if st, _ := os.ReadFile(filepath.Join(r.state, "master")); strings.TrimSpace(string(st)) != "running" {
+		t.Errorf("the domU is %q", st)
+	}
+	if _, err := os.Stat(filepath.Join(r.state, "VGatom", "master_snap")); err == nil {
+		t.Error("the snapshot was not removed")
+	}
+	if out, _ := exec.Command("losetup", "-j", filepath.Join(r.state, "VGatom", "master_snap")).Output(); len(out) > 0 {
+		t.Errorf("loop devices left: %s", out)
+	}
+	if m, _ := filepath.Glob(filepath.Join(r.dest, "master", ".*partial*")); len(m) > 0 {
+		t.Errorf("partial files left: %v", m)
+	}
+}
+
+func TestXenBackupRecipe(t *testing.T) {
+	r := newXenRig(t)
+	res := r.run(t)
+	if res.code != 0 {
+		t.Fatalf("%+v\ncalls:\n%s", res, r.log())
+	}
+	calls := r.log()
+	order := []string{"xl pause master", "vgs ", "lvcreate --snapshot --size 3G --name master_snap VGatom/master", "xl unpause master", "lvremove --force VGatom/master_snap"}
+	at := 0
+	for _, c := range order {
+		i := strings.Index(calls[at:], c)
+		if i < 0 {
+			t.Fatalf("calls lack %q after position %d:\n%s", c, at, calls)
+		}
+		at += i
+	}
+	r.assertCleanedUp(t)
+	stamp := time.Now().Format("0102")
+	for i := 1; i <= 2; i++ {
+		f := filepath.Join(r.dest, "master", fmt.Sprintf("%d.%s.dump.lz4", i, stamp))
+		out, err := exec.Command("sh", "-c", "lz4 -dc "+f+" | restore -t -f -").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), fmt.Sprintf("file%d.txt", i)) {
+			t.Errorf("restore -t of %s: %v\n%s", f, err, out)
+		}
+		if _, err := os.Stat(f + ".json"); err != nil {
+			t.Errorf("no catalogue entry for %s", f)
+		}
+	}
+	if !strings.Contains(res.stdout, "master/1: level ") || !strings.Contains(res.stdout, "master/2: level ") {
+		t.Errorf("summary: %s", res.stdout)
+	}
+	// The same day again: refused without --overwrite, nothing left behind.
+	res = r.run(t)
+	if res.code != 1 || !strings.Contains(res.stderr, "already exists") {
+		t.Errorf("second run: %+v", res)
+	}
+	r.assertCleanedUp(t)
+}
+
+// Fault injection: a failing lvcreate, a failing dump, SIGTERM mid-run and
+// a hung lvcreate while paused. In every case the domU ends unpaused, the
+// snapshot removed, no loop device and no partial file left, exit non-zero.
+func TestXenBackupFaults(t *testing.T) {
+	r := newXenRig(t)
+	env := r.env
+	r.env = append(env, "SHIM_FAIL=lvcreate")
+	res := r.run(t)
+	if res.code != 1 || !strings.Contains(res.stderr, "lvm.snapshot: lvcreate exited 5") || !strings.Contains(r.log(), "xl unpause master") {
+		t.Errorf("failing lvcreate: %+v\n%s", res, r.log())
+	}
+	r.assertCleanedUp(t)
+
+	// virsh instead of xl.
+	r.env = env
+	os.Remove(r.calls)
+	res = r.run(t, "--codec", "none", "--hypervisor", "virsh")
+	if res.code != 0 || !strings.Contains(r.log(), "virsh suspend master") || !strings.Contains(r.log(), "virsh resume master") {
+		t.Errorf("virsh run: %+v\n%s", res, r.log())
+	}
+	r.assertCleanedUp(t)
+
+	// dump fails on the first partition: the copy fails naming dump's
+	// reason, nothing is left at the destination.
+	fake := t.TempDir()
+	os.WriteFile(filepath.Join(fake, "dump"), []byte("#!/bin/sh\necho 'DUMP: bad sblock magic number' >&2\nexit 3\n"), 0o755)
+	os.RemoveAll(r.dest)
+	r.env = append(env, "PATH="+fake+":"+pathOf(env))
+	res = r.run(t)
+	if res.code != 1 || !strings.Contains(res.stderr, "dump exited 3: DUMP: bad sblock magic number") {
+		t.Errorf("failing dump: %+v", res)
+	}
+	if m, _ := filepath.Glob(filepath.Join(r.dest, "master", "*")); len(m) != 0 {
+		t.Errorf("a failed dump left %v", m)
+	}
+	r.assertCleanedUp(t)
+	r.env = env
+
+	// A hung lvcreate while paused: the watchdog unpauses within the window.
+	os.Remove(r.calls)
+	cmd := exec.Command(bkrunBin, r.args("--max-pause", "0.5")...)
+	cmd.Dir = repoRoot(t)
+	cmd.Env = append(env, "SHIM_HANG=lvcreate")
+	cmd.Start()
+	start := time.Now()
+	for !strings.Contains(r.log(), "xl unpause master") {
+		if time.Since(start) > 5*time.Second {
+			cmd.Process.Kill()
+			t.Fatalf("the watchdog did not unpause: %s", r.log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("unpaused after %v", d)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if code := waitExit(t, cmd, 10*time.Second); code != 143 {
+		t.Errorf("hung lvcreate + SIGTERM: exit %d", code)
+	}
+	r.assertCleanedUp(t)
+}
+
+func pathOf(env []string) string {
+	p := ""
+	for _, e := range env {
+		if strings.HasPrefix(e, "PATH=") {
+			p = strings.TrimPrefix(e, "PATH=")
+		}
+	}
+	return p
+}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bkrun/bkrun/internal/sshtest"
 	"github.com/bkrun/bkrun/internal/testenv"
 )
 
@@ -222,4 +223,29 @@ func pathOf(env []string) string {
 		}
 	}
 	return p
+}
+
+// DEST on another host: the dumps go over a real sshd (SFTP), atomically,
+// with their catalogue entries.
+func TestXenBackupToRemoteHost(t *testing.T) {
+	r := newXenRig(t)
+	s := sshtest.Start(t, sshtest.Options{})
+	rdest := filepath.Join(r.dir, "remote")
+	r.dest = s.User() + "@127.0.0.1:" + rdest
+	res := r.run(t, "--port", fmt.Sprint(s.Port()), "--identity", s.Identity(), "--known-hosts", s.KnownHosts())
+	if res.code != 0 {
+		t.Fatalf("%+v", res)
+	}
+	stamp := time.Now().Format("0102")
+	for i := 1; i <= 2; i++ {
+		f := filepath.Join(rdest, "master", fmt.Sprintf("%d.%s.dump.lz4", i, stamp))
+		out, err := exec.Command("sh", "-c", "lz4 -dc "+f+" | restore -t -f -").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), fmt.Sprintf("file%d.txt", i)) {
+			t.Errorf("restore -t of %s: %v\n%s", f, err, out)
+		}
+		if _, err := os.Stat(f + ".json"); err != nil {
+			t.Errorf("no catalogue entry for %s", f)
+		}
+	}
+	r.assertCleanedUp(t)
 }

@@ -249,3 +249,69 @@ func TestXenBackupToRemoteHost(t *testing.T) {
 	}
 	r.assertCleanedUp(t)
 }
+
+// slowDump puts a dump(8) first on PATH that waits before running the real
+// one, so that a test can interrupt the run in the middle of a dump.
+func slowDump(t *testing.T) string {
+	t.Helper()
+	real := testenv.NeedCommand(t, "dump")
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "dump"), []byte("#!/bin/sh\nsleep 1.5\nexec "+real+" \"$@\"\n"), 0o755)
+	return dir
+}
+
+func waitGlob(t *testing.T, pattern string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m, _ := filepath.Glob(pattern); len(m) > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never appeared", pattern)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// SIGTERM in the middle of a dump, and sshd killed in the middle of a
+// remote transfer: exit non-zero, the domU runs, the snapshot and loop
+// devices are gone, nothing under a final name at the destination.
+func TestXenBackupInterrupted(t *testing.T) {
+	r := newXenRig(t)
+	slow := slowDump(t)
+	env := append(r.env, "PATH="+slow+":"+pathOf(r.env))
+
+	cmd := exec.Command(bkrunBin, r.args()...)
+	cmd.Dir, cmd.Env = repoRoot(t), env
+	var se bytes.Buffer
+	cmd.Stderr = &se
+	cmd.Start()
+	waitGlob(t, filepath.Join(r.dest, "master", ".1.*.partial-*"))
+	cmd.Process.Signal(syscall.SIGTERM)
+	if code := waitExit(t, cmd, 10*time.Second); code != 143 {
+		t.Errorf("SIGTERM mid-dump: exit %d; %s", code, se.String())
+	}
+	if m, _ := filepath.Glob(filepath.Join(r.dest, "master", "*")); len(m) != 0 {
+		t.Errorf("left at the destination: %v", m)
+	}
+	r.assertCleanedUp(t)
+
+	s := sshtest.Start(t, sshtest.Options{})
+	rdest := filepath.Join(r.dir, "remote")
+	r.dest = s.User() + "@127.0.0.1:" + rdest
+	cmd = exec.Command(bkrunBin, r.args("--port", fmt.Sprint(s.Port()), "--identity", s.Identity(), "--known-hosts", s.KnownHosts())...)
+	cmd.Dir, cmd.Env = repoRoot(t), env
+	se.Reset()
+	cmd.Stderr = &se
+	cmd.Start()
+	waitGlob(t, filepath.Join(rdest, "master", ".1.*.partial-*"))
+	s.Kill()
+	if code := waitExit(t, cmd, 30*time.Second); code != 1 {
+		t.Errorf("sshd killed mid-transfer: exit %d; %s", code, se.String())
+	}
+	if m, _ := filepath.Glob(filepath.Join(rdest, "master", "[0-9]*")); len(m) != 0 {
+		t.Errorf("a final name exists after a failed transfer: %v", m)
+	}
+	r.assertCleanedUp(t)
+}

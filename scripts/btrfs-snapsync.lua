@@ -9,7 +9,11 @@ snapshot-new is deleted and snapshot-old kept, so the next run retries from the 
 parent. Snapshots at DEST are pruned with --keep.
 
 DEST is a directory on a local btrfs filesystem, or [user@]host:dir: bkrun connects
-over SSH itself and runs "btrfs receive dir" there with the stream on its stdin.
+over SSH itself and runs "btrfs receive dir" there with the stream on its stdin. With
+--via receive the other host runs "bkrun receive --root ROOT" as a forced command
+instead (docs/RECEIVE.md): dir is then relative to ROOT, the stream is stored, its size
+and hash checked, and only then applied; that key can do nothing else, so pruning at
+the destination is left to the destination (a recipe run there).
 ]]
 args = {
   { name = "subvol", help = "the subvolume to mirror, e.g. /home/foo/share" },
@@ -19,6 +23,7 @@ args = {
   { name = "port", type = "integer", required = false, help = "ssh port of a remote DEST" },
   { name = "identity", required = false, help = "ssh private key for a remote DEST" },
   { name = "known_hosts", required = false, help = "known_hosts file for a remote DEST" },
+  { name = "via", choices = { "ssh", "receive" }, default = "ssh", help = "remote DEST: run btrfs receive over ssh, or send to bkrun receive" },
 }
 
 local btrfs, exec, fs, log = require "btrfs", require "exec", require "fs", require "log"
@@ -33,6 +38,18 @@ local function local_dest(dir)
     rename = function(from, to) fs.rename(from, dir .. "/" .. to) end,
     list = function() return fs.list(dir) end,
     delete = function(name) btrfs.delete(dir .. "/" .. name) end,
+  }
+end
+
+-- Through "bkrun receive" (a forced command): receive and name in one step.
+local function receiver_dest(host, dir, a)
+  local c = ssh.connect(host, {port = a.port, identity = a.identity, known_hosts = a.known_hosts})
+  local pending
+  return {
+    receive = function(src) pending = src return "" end,
+    rename = function(_, to) c:btrfs_receive(dir .. "/" .. to, pending) end,
+    list = function() return {} end,
+    delete = function() end,
   }
 end
 
@@ -58,7 +75,8 @@ end
 
 function run(a)
   local host, dir = a.dest:match("^([^/:]+):(.+)$")
-  local dest = host and remote_dest(host, dir, a) or local_dest(a.dest)
+  local dest = local_dest(a.dest)
+  if host then dest = (a.via == "receive" and receiver_dest or remote_dest)(host, dir, a) end
   local new, old = a.snapdir .. "/snapshot-new", a.snapdir .. "/snapshot-old"
   local lock = fs.lock(a.snapdir .. "/.snapsync.lock")
   if btrfs.is_subvolume(new) then

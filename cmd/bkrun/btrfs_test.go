@@ -183,3 +183,47 @@ func TestBtrfsSnapsyncRecipe(t *testing.T) {
 		t.Errorf("newest remote mirror has %d bytes", len(b))
 	}
 }
+
+// --via receive: the destination key can only run `bkrun receive`, which
+// verifies each stream before applying it and names the snapshot.
+func TestBtrfsSnapsyncThroughReceiver(t *testing.T) {
+	srcFS, dstFS := btrfsMount(t), btrfsMount(t)
+	subvol, snapdir := filepath.Join(srcFS, "share"), filepath.Join(srcFS, "snapshots")
+	if out, err := exec.Command("btrfs", "subvolume", "create", subvol).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	os.Mkdir(snapdir, 0o755)
+	s := sshtest.Start(t, sshtest.Options{ForcedCommand: bkrunBin + " receive --root " + dstFS})
+	for i := 0; i < 2; i++ {
+		if i > 0 {
+			runAfterASecond(t)
+		}
+		os.WriteFile(filepath.Join(subvol, "data"), []byte(strings.Repeat("z", 100+i)), 0o644)
+		r := bkrun(t, "", "scripts/btrfs-snapsync.lua", subvol, snapdir, s.User()+"@127.0.0.1:mirror", "--via", "receive",
+			"--port", fmt.Sprint(s.Port()), "--identity", s.Identity(), "--known-hosts", s.KnownHosts())
+		if r.code != 0 {
+			t.Fatalf("run %d: %+v", i, r)
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Join(dstFS, "mirror"))
+	var snaps []string
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), "Z") {
+			snaps = append(snaps, e.Name())
+		} else {
+			t.Errorf("left at the destination: %s", e.Name())
+		}
+	}
+	if len(snaps) != 2 {
+		t.Fatalf("received %v", snaps)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dstFS, "mirror", snaps[1], "data")); len(b) != 101 {
+		t.Errorf("newest mirror has %d bytes", len(b))
+	}
+	// The forced command keeps the key inside its root.
+	r := bkrun(t, "", "scripts/btrfs-snapsync.lua", subvol, snapdir, s.User()+"@127.0.0.1:../escape", "--via", "receive",
+		"--port", fmt.Sprint(s.Port()), "--identity", s.Identity(), "--known-hosts", s.KnownHosts())
+	if r.code != 1 || !strings.Contains(r.stderr, "refused") {
+		t.Errorf("escape: %+v", r)
+	}
+}

@@ -48,6 +48,8 @@ type Op struct {
 	Op        string `json:"op"`
 	Path      string `json:"path,omitempty"`
 	Overwrite bool   `json:"overwrite,omitempty"`
+
+	final string // btrfs: the name the received subvolume is given
 }
 
 // Reply is the receiver's answer to an op or a trailer.
@@ -159,13 +161,22 @@ func (c *Client) reply() (Reply, error) {
 // once the receiver has validated the path: a refusal is an error and the
 // session stays usable. Only one file may be open at a time.
 func (c *Client) Put(path string, overwrite bool) (*File, error) {
+	return c.open("put", path, overwrite)
+}
+
+// BtrfsReceive starts sending a btrfs send stream to be received as the
+// subvolume path (DIR/NAME under the receiver's root: received into DIR,
+// then renamed NAME). After Commit, File.Received is its path.
+func (c *Client) BtrfsReceive(path string) (*File, error) { return c.open("btrfs", path, false) }
+
+func (c *Client) open(op, path string, overwrite bool) (*File, error) {
 	if c.err != nil {
 		return nil, c.err
 	}
 	if c.cur != nil && !c.cur.done {
 		return nil, fmt.Errorf("put %s: %s is still open (Commit or Abort it first)", path, c.cur.Path)
 	}
-	if err := writeJSON(c.w, Op{Op: "put", Path: path, Overwrite: overwrite}); err != nil {
+	if err := writeJSON(c.w, Op{Op: op, Path: path, Overwrite: overwrite}); err != nil {
 		c.err = fmt.Errorf("sending put %s: %w", path, err)
 		return nil, c.err
 	}
@@ -198,11 +209,14 @@ func (c *Client) Quit() error {
 type File struct {
 	c    *Client
 	Path string
-	h    *blake3.Hasher
-	n    int64
-	buf  []byte // 4-byte header + up to SendFrame bytes
-	done bool
-	err  error
+	// Received is the path the receiver reports after Commit (for a btrfs
+	// stream, the received subvolume).
+	Received string
+	h        *blake3.Hasher
+	n        int64
+	buf      []byte // 4-byte header + up to SendFrame bytes
+	done     bool
+	err      error
 
 	// TestCorruptTrailer makes Commit send a wrong hash (tests only).
 	TestCorruptTrailer bool
@@ -295,6 +309,7 @@ func (f *File) Commit() error {
 	if r.Size == nil || *r.Size != f.n {
 		return fmt.Errorf("commit %s: the receiver reports %v bytes, %d were sent", f.Path, r.Size, f.n)
 	}
+	f.Received = r.Path
 	return nil
 }
 

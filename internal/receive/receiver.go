@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	osexec "os/exec"
 	"path"
 	"strings"
 	"sync"
@@ -126,8 +127,17 @@ func (r *Receiver) Serve(in io.Reader, out io.Writer) error {
 			if err := r.put(br, out, op); err != nil {
 				return err
 			}
+		case "btrfs":
+			// A btrfs send stream for the directory op.Path: received like a
+			// file next to where it goes, verified, then applied with
+			// btrfs receive -f, so an unverified stream is never applied.
+			op.final = path.Base(path.Clean(op.Path))
+			op.Path = path.Join(path.Dir(path.Clean(op.Path)), streamName)
+			if err := r.put(br, out, op); err != nil {
+				return err
+			}
 		default:
-			msg := fmt.Sprintf("unknown op %q (this receiver speaks %s: put, quit)", op.Op, Proto)
+			msg := fmt.Sprintf("unknown op %q (this receiver speaks %s: put, btrfs, quit)", op.Op, Proto)
 			writeJSON(out, Reply{Error: msg})
 			return protoErr("%s", msg)
 		}
@@ -237,7 +247,13 @@ func (r *Receiver) put(br *bufio.Reader, out io.Writer, op Op) error {
 	case !strings.EqualFold(t.BLAKE3, hex.EncodeToString(h.Sum(nil))):
 		msg = fmt.Sprintf("BLAKE3 mismatch: the sender says %.64s, the data received hashes to %x", t.BLAKE3, h.Sum(nil))
 	default:
-		if err := r.commit(f, dirfd, tmp, base, overwrite); err != nil {
+		var err error
+		if op.Op == "btrfs" {
+			rel, err = r.btrfsReceive(f, dirfd, tmp, path.Dir(rel), op.final)
+		} else {
+			err = r.commit(f, dirfd, tmp, base, overwrite)
+		}
+		if err != nil {
 			msg = err.Error()
 		} else {
 			closed = true
@@ -419,4 +435,58 @@ func (r *Receiver) prepare(op Op) (rel string, dirfd int, base string, overwrite
 		return "", -1, "", false, err
 	}
 	return rel, fd, base, op.Overwrite && r.o.Overwrite, nil
+}
+
+// streamName is the placeholder file name a btrfs op is validated as: the
+// stream is stored as its temporary name in the target directory.
+const streamName = ".btrfs-stream"
+
+// btrfsReceive applies a verified send stream (the temporary file tmp in
+// dirfd) with btrfs receive into that directory, then removes the file.
+// It returns the received subvolume's path relative to the root.
+func (r *Receiver) btrfsReceive(f *os.File, dirfd int, tmp, relDir, final string) (string, error) {
+	if final == "" || final == "." || final == ".." || strings.HasPrefix(final, ".") {
+		return "", fmt.Errorf("btrfs: %q is not a name for the received subvolume", final)
+	}
+	if _, err := os.Lstat(fmt.Sprintf("/proc/%d/fd/%d/%s", os.Getpid(), dirfd, final)); err == nil {
+		return "", fmt.Errorf("btrfs: %s already exists; the existing subvolume is kept", path.Join(relDir, final))
+	}
+	if err := f.Close(); err != nil {
+		return "", fmt.Errorf("close %s: %v", f.Name(), err)
+	}
+	defer r.Cleanup() // the stream file goes in every case
+	// The directory was opened beneath the root without following
+	// symlinks; /proc/PID/fd names exactly that directory (for the child
+	// too, which /proc/self would not).
+	dir := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), dirfd)
+	cmd := osexec.Command("btrfs", "receive", "-e", "-f", dir+"/"+tmp, dir)
+	out, err := cmd.CombinedOutput()
+	name := ""
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "At" && (f[1] == "subvol" || f[1] == "snapshot") {
+			name = f[2]
+		}
+	}
+	if err != nil {
+		if name != "" { // a half-received subvolume must not look like a backup
+			osexec.Command("btrfs", "subvolume", "delete", dir+"/"+name).Run()
+		}
+		return "", fmt.Errorf("btrfs receive: %v: %s", err, strings.TrimSpace(lastLines(string(out))))
+	}
+	if name == "" {
+		return "", fmt.Errorf("btrfs receive named no subvolume: %s", strings.TrimSpace(string(out)))
+	}
+	if err := renameNoReplace(dirfd, name, final); err != nil {
+		osexec.Command("btrfs", "subvolume", "delete", dir+"/"+name).Run()
+		return "", fmt.Errorf("btrfs: naming the received subvolume %s: %v (deleted it)", final, err)
+	}
+	return path.Join(relDir, final), nil
+}
+
+func lastLines(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	if len(l) > 3 {
+		l = l[len(l)-3:]
+	}
+	return strings.Join(l, " / ")
 }

@@ -45,6 +45,11 @@ A non-zero exit raises "ssh: user@host:port: remote command "cmd" exited N:
 <last lines of stderr>" unless check=false.`},
 		{Name: "conn:output", Sig: "conn:output(cmd [, {safe=false, timeout=}]) -> string",
 			Doc: "Run a remote command and return its stdout with surrounding white space trimmed."},
+		{Name: "conn:btrfs_receive", Sig: `conn:btrfs_receive(dir, source [, {receiver="bkrun receive"}]) -> path`,
+			Doc: `Send a btrfs send stream (btrfs.send(...)) to "bkrun receive --root ROOT" on
+the other host, which stores it, checks its size and BLAKE3 hash, and only
+then applies it with btrfs receive in ROOT/dir. Returns the received
+subvolume's path relative to ROOT.`},
 		{Name: "conn:close", Sig: "conn:close()",
 			Doc: "Close the connection now instead of at the end of the run."},
 	},
@@ -73,9 +78,10 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 	b := &binding{h: h}
 	mt := L.NewTypeMetatable(connType)
 	methods := map[string]*lua.LFunction{
-		"exec":   L.NewFunction(func(L *lua.LState) int { return b.exec(L, false) }),
-		"output": L.NewFunction(func(L *lua.LState) int { return b.exec(L, true) }),
-		"close":  L.NewFunction(b.close),
+		"exec":          L.NewFunction(func(L *lua.LState) int { return b.exec(L, false) }),
+		"output":        L.NewFunction(func(L *lua.LState) int { return b.exec(L, true) }),
+		"close":         L.NewFunction(b.close),
+		"btrfs_receive": L.NewFunction(b.btrfsReceive),
 	}
 	L.SetField(mt, "__index", L.NewFunction(func(L *lua.LState) int {
 		lc := checkConn(L, "ssh.conn")
@@ -302,4 +308,45 @@ func optValue(o *runtime.Opts, key string) lua.LValue {
 		return t.RawGetString(key)
 	}
 	return lua.LNil
+}
+
+// btrfsReceive is conn:btrfs_receive(dir, source [, opts]).
+func (b *binding) btrfsReceive(L *lua.LState) int {
+	const fn = "conn:btrfs_receive"
+	lc := checkConn(L, fn)
+	dir := runtime.CheckString(L, 2, fn)
+	ud, ok := L.Get(3).(*lua.LUserData)
+	var src io.Reader
+	if ok {
+		src, ok = ud.Value.(io.Reader)
+	}
+	if !ok {
+		runtime.TypeError(L, 3, fn, "send stream (btrfs.send)")
+	}
+	o := runtime.OptsAt(L, 4, fn)
+	cmd := o.String("receiver", "bkrun receive")
+	o.Done(false)
+	if b.h.DryRun() {
+		b.h.DryRunf("ssh %s: %s <- btrfs stream into %s", lc.c.String(), cmd, dir)
+		L.Push(lua.LString(dir))
+		return 1
+	}
+	sess, err := lc.c.Receiver(b.h.Context(), cmd)
+	if err != nil {
+		runtime.Raise(L, fn, err)
+	}
+	defer sess.Close()
+	f, err := sess.BtrfsReceive(dir)
+	if err != nil {
+		runtime.Raise(L, fn, err)
+	}
+	if _, err := io.Copy(f, src); err != nil {
+		f.Abort()
+		runtime.Raise(L, fn, fmt.Errorf("sending the stream: %w", err))
+	}
+	if err := f.Commit(); err != nil {
+		runtime.Raise(L, fn, err)
+	}
+	L.Push(lua.LString(f.Received()))
+	return 1
 }

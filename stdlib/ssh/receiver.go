@@ -148,6 +148,24 @@ func (r *ReceiverSession) Put(path string, overwrite bool) (*ReceiverFile, error
 	return &ReceiverFile{r: r, f: f}, nil
 }
 
+// BtrfsReceive starts a btrfs send stream to be received into dir under
+// the receiver's root; ReceiverFile.Received is the subvolume after Commit.
+func (r *ReceiverSession) BtrfsReceive(dir string) (*ReceiverFile, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, r.wrap(fmt.Errorf("btrfs receive %s: session closed", dir))
+	}
+	f, err := r.cl.BtrfsReceive(dir)
+	if err != nil {
+		return nil, r.wrap(err)
+	}
+	return &ReceiverFile{r: r, f: f}, nil
+}
+
+// Received is what the receiver reported after Commit.
+func (f *ReceiverFile) Received() string { return f.f.Received }
+
 // Path is the path the file was put as.
 func (f *ReceiverFile) Path() string { return f.f.Path }
 

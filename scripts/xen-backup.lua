@@ -49,6 +49,10 @@ function run(a)
     snap = lvm.snapshot { vg = a.vg, lv = a.domain, size = a.snap_size, name = a.domain .. "_snap" }
   end)                                   -- unpaused here; the snapshot is removed when the run ends
 
+  if bkrun.dry_run and not fs.exists(snap.path) then
+    print("(dry run: no snapshot was taken, so its partitions cannot be listed; each would be attached read-only and dumped)")
+    return
+  end
   local now = os.time()
   local level = retain.hanoi(now)
   fs.mkdir((a.history:gsub("/[^/]*$", "")))

@@ -425,3 +425,45 @@ exec.run{"sleep", "60"}   -- the hung lvcreate
 		t.Errorf("stderr lacks the watchdog line: %s", stderr.String())
 	}
 }
+
+// Every shipped recipe dry-runs: exit 0, its actions printed, nothing
+// changed in the directories it was pointed at.
+func TestRecipesDryRun(t *testing.T) {
+	root := repoRoot(t)
+	shims := filepath.Join(root, "stdlib", "vm", "testdata", "shims") + ":" + filepath.Join(root, "stdlib", "lvm", "testdata", "shims")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	os.WriteFile(img, make([]byte, 1<<20), 0o644)
+	src, dest := filepath.Join(dir, "src"), filepath.Join(dir, "dest")
+	os.Mkdir(src, 0o755)
+	os.Mkdir(dest, 0o755)
+	before := listTree(dir)
+	for _, args := range [][]string{
+		{"scripts/hello.lua", "world"},
+		{"scripts/demo.lua"},
+		{"scripts/disk-image.lua", img, dest + "/disk.img.lz4"},
+		{"scripts/disk-restore.lua", dest + "/disk.img.lz4", dest + "/restored"},
+		{"scripts/btr-backup.lua", src, dest},
+		{"scripts/btrfs-snapsync.lua", src, src, dest},
+		{"scripts/xen-backup.lua", "master", "--dest", dest, "--history", dest + "/h.json", "--hypervisor", "xl"},
+		{"scripts/tunnel.lua", "--local", "13306:localhost:3306", "repl@db.example"},
+	} {
+		cmd := exec.Command(bkrunBin, append([]string{"--dry-run"}, args...)...)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "PATH="+shims+":"+os.Getenv("PATH"), "SHIM_STATE="+dir, "TMPDIR="+dir)
+		out, err := cmd.CombinedOutput()
+		// hello.lua only runs a read-only command: nothing to print.
+		if err != nil || (args[0] != "scripts/hello.lua" && !strings.Contains(string(out), "[dry-run] ")) {
+			t.Errorf("%s: %v\n%s", args[0], err, out)
+		}
+	}
+	if after := listTree(dir); after != before {
+		t.Errorf("a dry run changed files:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+func listTree(dir string) string {
+	var names []string
+	filepath.Walk(dir, func(p string, _ os.FileInfo, _ error) error { names = append(names, p); return nil })
+	return strings.Join(names, " ")
+}

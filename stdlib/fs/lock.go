@@ -226,3 +226,24 @@ func (l *Lock) File() *os.File {
 	defer l.mu.Unlock()
 	return l.f
 }
+
+// ProbeLock reports whether someone holds the lock at path, without
+// creating or writing anything (for --dry-run): nil when the file does not
+// exist or nobody holds it, a *LockedError when it is held.
+func ProbeLock(path string) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return pathErr(path, err)
+	}
+	defer f.Close()
+	if err := flock(f, syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return holder(path)
+		}
+		return fmt.Errorf("%s: flock: %w", path, err)
+	}
+	return flock(f, syscall.LOCK_UN)
+}

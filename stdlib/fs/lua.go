@@ -28,9 +28,8 @@ crash leaves the old contents or the new, never a torn file.
 Under --dry-run, fs.mkdir, fs.remove, fs.rename, fs.write and fs.tempdir print
 what they would do ("[dry-run] fs.write /etc/x (12 bytes)") and change nothing;
 fs.tempdir then returns a would-be path. fs.exists, fs.stat, fs.list, fs.glob
-and fs.read run normally. fs.lock takes the lock for real even under
---dry-run (it only creates or rewrites the lock file), so a dry run started
-while a backup is running reports the conflict instead of hiding it.
+and fs.read run normally. Under --dry-run fs.lock takes no lock and
+writes nothing, but still fails with "locked by pid N" when a run holds it.
 Every change is logged at debug level (-v).`,
 	Funcs: []runtime.Func{
 		{Name: "exists", Sig: "fs.exists(path) -> boolean",
@@ -371,14 +370,13 @@ func (b *binding) lock(L *lua.LState) int {
 	o.Done(false)
 	var ll *luaLock
 	if b.h.DryRun() {
-		if _, err := os.Stat(filepath.Dir(p)); os.IsNotExist(err) {
-			// The directory would have been made earlier in a real run;
-			// there is nothing to lock yet, and nothing to conflict with.
-			b.h.DryRunf("fs.lock %s (its directory does not exist yet: would be taken)", p)
-			ll = &luaLock{l: &Lock{Path: p}, step: b.h.Defer("dry-run lock "+p, func(context.Context) error { return nil })}
-		} else {
-			b.h.DryRunf("fs.lock %s (taken for real: a dry run holds the lock like a run)", p)
+		// A dry run changes nothing, not even a lock file; it still
+		// reports a run in progress that holds the lock.
+		if err := ProbeLock(p); err != nil {
+			runtime.Raise(L, "fs.lock", err)
 		}
+		b.h.DryRunf("fs.lock %s (not taken: dry run)", p)
+		ll = &luaLock{l: &Lock{Path: p}, step: b.h.Defer("dry-run lock "+p, func(context.Context) error { return nil })}
 	}
 	if ll == nil {
 		l, err := AcquireLock(b.h.Context(), p, wait, strings.Join(os.Args, " "))

@@ -23,6 +23,7 @@ printed, not run (vgs still runs: it changes nothing).`,
 			Doc: "Snapshot VG/LV. snap.path is the device, snap.vg, snap.name, snap.origin, snap.size (bytes); snap:remove() removes it now."},
 		{Name: "remove", Sig: `lvm.remove(vg, name)`, Doc: "Remove a logical volume (recovery: a snapshot left by something else)."},
 		{Name: "free", Sig: `lvm.free(vg) -> bytes`, Doc: "Free space of a volume group."},
+		{Name: "list", Sig: `lvm.list(vg) -> {{name=, path=, size=, origin=}, ...}`, Doc: "The logical volumes of a volume group; origin is set for snapshots (to find one left behind)."},
 	},
 	Open: open,
 }
@@ -80,6 +81,23 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 				runtime.Raise(L, "lvm.remove", err)
 			}
 			return 0
+		},
+		"list": func(L *lua.LState) int {
+			lvs, err := List(h.Context(), runtime.CheckString(L, 1, "lvm.list"))
+			if err != nil {
+				runtime.Raise(L, "lvm.list", err)
+			}
+			t := L.NewTable()
+			for _, lv := range lvs {
+				e := L.NewTable()
+				e.RawSetString("name", lua.LString(lv.Name))
+				e.RawSetString("path", lua.LString(lv.Path))
+				e.RawSetString("size", lua.LNumber(lv.Size))
+				e.RawSetString("origin", lua.LString(lv.Origin))
+				t.Append(e)
+			}
+			L.Push(t)
+			return 1
 		},
 		"free": func(L *lua.LState) int {
 			n, err := Free(h.Context(), runtime.CheckString(L, 1, "lvm.free"))

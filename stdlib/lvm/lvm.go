@@ -110,3 +110,30 @@ func human(b int64) string {
 	}
 	return strconv.FormatFloat(f, 'f', 1, 64) + " " + u
 }
+
+// LV is a logical volume as lvs lists it.
+type LV struct {
+	Name, Path, Origin string // Origin is set for snapshots
+	Size               int64
+}
+
+// List lists the logical volumes of vg.
+func List(ctx context.Context, vg string) ([]LV, error) {
+	out, err := run(ctx, "lvs", "--noheadings", "--units", "b", "--separator", "|", "-o", "lv_name,lv_path,lv_size,origin", vg)
+	if err != nil {
+		return nil, err
+	}
+	var lvs []LV
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Split(strings.TrimSpace(l), "|")
+		if len(f) != 4 {
+			continue
+		}
+		size, err := strconv.ParseInt(strings.TrimSuffix(f[2], "B"), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("lvs: cannot read the size in %q", l)
+		}
+		lvs = append(lvs, LV{Name: f[0], Path: f[1], Size: size, Origin: f[3]})
+	}
+	return lvs, nil
+}

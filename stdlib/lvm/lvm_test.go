@@ -128,3 +128,26 @@ func TestLuaDryRun(t *testing.T) {
 		t.Errorf("dry run ran %q", calls())
 	}
 }
+
+func TestList(t *testing.T) {
+	shims(t)
+	ctx := context.Background()
+	if _, err := CreateSnapshot(ctx, "VGatom", "master", "master_snap", "1G"); err != nil {
+		t.Fatal(err)
+	}
+	lvs, err := List(ctx, "VGatom")
+	if err != nil || len(lvs) != 2 {
+		t.Fatalf("List = %+v, %v", lvs, err)
+	}
+	if lvs[0].Name != "master" || lvs[0].Size != 4400000 || lvs[1].Name != "master_snap" || lvs[1].Origin != "master" {
+		t.Errorf("List = %+v", lvs)
+	}
+	if _, err := List(ctx, "VGnone"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("missing vg: %v", err)
+	}
+	h := luatest.NewHost(t, luatest.HostOptions{Prelude: `local lvm = require "lvm"; `}, Module)
+	vals := h.Run(t, `local l = lvm.list("VGatom") return #l, l[2].origin`)
+	if vals[0].String() != "2" || vals[1].String() != "master" {
+		t.Errorf("lvm.list: %v", vals)
+	}
+}

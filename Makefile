@@ -22,6 +22,7 @@ lint:
 
 test: lint build
 	$(GO) test -count=1 -timeout 25m ./...
+	./$(BIN) check scripts/*.lua
 	./$(BIN) help --markdown | diff -u docs/MODULES.md - || (echo "docs/MODULES.md is stale: run make docs"; exit 1)
 
 bench: build

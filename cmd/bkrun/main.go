@@ -50,6 +50,7 @@ const usageText = `Usage:
   bkrun [flags] -                      run a script read from standard input
   bkrun [flags]                        interactive REPL on a terminal (stdin script otherwise)
   bkrun help [MODULE | MODULE.FUNC | RECIPE.lua]
+  bkrun check RECIPE.lua...            parse and validate recipes without running them
   bkrun version
   bkrun receive --root DIR [--overwrite]  upload receiver for an SSH forced command (docs/RECEIVE.md)
 
@@ -99,6 +100,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return help(rest[1:], o, stdout, stderr)
 		case "receive":
 			return receiveMain(rest[1:], stdin, stdout, stderr)
+		case "check":
+			return check(rest[1:], stdout, stderr)
 		case "version":
 			fmt.Fprintf(stdout, "bkrun %s (%s, gopher-lua Lua 5.1, %s/%s)\n", runtime.Version, goruntime.Version(), goruntime.GOOS, goruntime.GOARCH)
 			return runtime.ExitOK

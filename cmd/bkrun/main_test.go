@@ -467,3 +467,22 @@ func listTree(dir string) string {
 	filepath.Walk(dir, func(p string, _ os.FileInfo, _ error) error { names = append(names, p); return nil })
 	return strings.Join(names, " ")
 }
+
+func TestCheck(t *testing.T) {
+	scripts, _ := filepath.Glob(filepath.Join(repoRoot(t), "scripts", "*.lua"))
+	r := bkrun(t, "", append([]string{"check"}, scripts...)...)
+	if r.code != 0 || strings.Count(r.stdout, ": ok (") != len(scripts) {
+		t.Fatalf("%+v", r)
+	}
+	bad := writeScript(t, "local x = require 'nosuch'\nfunction run() end\n")
+	syntax := writeScript(t, "x = = 1\n")
+	args := writeScript(t, "args = {{name = 'n', type = 'nmber'}}\nfunction run() end\n")
+	r = bkrun(t, "", "check", scripts[0], bad, syntax, args)
+	if r.code != 2 || !strings.Contains(r.stdout, ": ok (") || !strings.Contains(r.stderr, `module "nosuch" not found`) ||
+		!strings.Contains(r.stderr, "syntax error") || !strings.Contains(r.stderr, `unknown type "nmber"`) {
+		t.Fatalf("%+v", r)
+	}
+	if r := bkrun(t, "", "check"); r.code != 2 {
+		t.Errorf("check with no recipe: %+v", r)
+	}
+}

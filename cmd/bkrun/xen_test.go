@@ -307,11 +307,12 @@ func TestXenBackupInterrupted(t *testing.T) {
 	cmd.Start()
 	waitGlob(t, filepath.Join(rdest, "master", ".1.*.partial-*"))
 	s.Kill()
+	s.Restart() // back soon: the clean-up removes the partial file over a new connection
 	if code := waitExit(t, cmd, 30*time.Second); code != 1 {
 		t.Errorf("sshd killed mid-transfer: exit %d; %s", code, se.String())
 	}
-	if m, _ := filepath.Glob(filepath.Join(rdest, "master", "[0-9]*")); len(m) != 0 {
-		t.Errorf("a final name exists after a failed transfer: %v", m)
+	if m, _ := filepath.Glob(filepath.Join(rdest, "master", "*")); len(m) != 0 {
+		t.Errorf("left at the destination after a failed transfer: %v", m)
 	}
 	r.assertCleanedUp(t)
 }

@@ -2,6 +2,7 @@ package ssh
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path"
 	"sync"
+	"time"
 
 	"github.com/pkg/sftp"
 )
@@ -216,10 +218,39 @@ func (f *RemoteFile) abort() error {
 		f.f.Close()
 		f.f = nil
 	}
-	if err := f.sc.Remove(f.tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+	err := f.sc.Remove(f.tmp)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		// The connection died mid-upload: a new one removes the
+		// temporary file, so nothing half-written stays on the server.
+		err = f.removeOverNewConnection()
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return f.c.fail("remove "+f.tmp, err)
 	}
 	return nil
+}
+
+func (f *RemoteFile) removeOverNewConnection() error {
+	// The server may be restarting: a few tries over about six seconds.
+	var err error
+	for i, wait := range []time.Duration{0, 300 * time.Millisecond, time.Second, 2 * time.Second, 3 * time.Second} {
+		time.Sleep(wait)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var c2 *Conn
+		c2, err = f.c.Redial(ctx)
+		cancel()
+		if err != nil {
+			err = fmt.Errorf("the connection was lost and %d new one(s) failed: %w", i+1, err)
+			continue
+		}
+		defer c2.Close()
+		sc, serr := c2.SFTP()
+		if serr != nil {
+			return serr
+		}
+		return sc.Remove(f.tmp)
+	}
+	return err
 }
 
 // RemoteReader reads a remote file.

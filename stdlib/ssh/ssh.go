@@ -73,7 +73,14 @@ type Conn struct {
 	lost      error // set when keepalive gave up
 	sftp      *sftp.Client
 	sftpErr   error
+
+	dest string  // as given to Dial, for Redial
+	opts Options // as given to Dial
 }
+
+// Redial opens a new connection to the same destination with the same
+// options (to clean up after the first one was lost).
+func (c *Conn) Redial(ctx context.Context) (*Conn, error) { return Dial(ctx, c.dest, c.opts) }
 
 // String is "user@host:port", the name errors use.
 func (c *Conn) String() string { return c.User + "@" + hostPort(c.Host, c.Port) }
@@ -375,7 +382,7 @@ func Dial(ctx context.Context, dest string, o Options) (*Conn, error) {
 		return nil, fail(fmt.Errorf("handshake: %w", err))
 	}
 	nc.SetDeadline(time.Time{})
-	c := &Conn{Host: t.host, Port: t.port, User: t.user, client: xssh.NewClient(sc, chans, reqs), nc: nc, closed: make(chan struct{})}
+	c := &Conn{Host: t.host, Port: t.port, User: t.user, client: xssh.NewClient(sc, chans, reqs), nc: nc, closed: make(chan struct{}), dest: dest, opts: o}
 	ka := o.KeepAlive
 	if ka == 0 {
 		ka = DefaultKeepAlive

@@ -140,6 +140,9 @@ func TestRemoteCopyConnectionDropped(t *testing.T) {
 			if m, _ := filepath.Glob(filepath.Join(rdir, ".x.lz4.partial-*")); len(m) > 0 {
 				time.Sleep(20 * time.Millisecond)
 				s.Kill()
+				// The server comes back (a restarted sshd): the clean-up
+				// removes the temporary file over a new connection.
+				s.Restart()
 				return
 			}
 			time.Sleep(5 * time.Millisecond)
@@ -159,6 +162,7 @@ func TestRemoteCopyConnectionDropped(t *testing.T) {
 	if _, err := os.Stat(stream.MetaPath(target)); err == nil {
 		t.Error("catalogue entry written for a failed upload")
 	}
+	assertNoPartial(t, rdir)
 	t.Logf("error: %v", err)
 }
 

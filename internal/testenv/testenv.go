@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"testing"
 )
@@ -56,4 +57,26 @@ func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// Shims puts the recorded fakes in shimDir (relative to the test's package
+// directory) first on PATH for the rest of the test and points them at a
+// fresh call log and state directory (SHIM_LOG, SHIM_STATE). calls reads
+// the command lines the shims recorded so far.
+func Shims(t testing.TB, shimDir string) (calls func() string, state string) {
+	t.Helper()
+	abs, err := filepath.Abs(shimDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	state = filepath.Join(dir, "state")
+	if err := os.Mkdir(state, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(dir, "calls")
+	t.Setenv("PATH", abs+":"+os.Getenv("PATH"))
+	t.Setenv("SHIM_LOG", log)
+	t.Setenv("SHIM_STATE", state)
+	return func() string { b, _ := os.ReadFile(log); return string(b) }, state
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bkrun/bkrun/internal/testenv"
 	"github.com/bkrun/bkrun/runtime/luatest"
 )
 
@@ -14,16 +15,10 @@ import (
 // VGatom holding an LV "master" (a 4 MiB file with content).
 func shims(t *testing.T) (calls func() string, state string) {
 	t.Helper()
-	abs, _ := filepath.Abs("testdata/shims")
-	dir := t.TempDir()
-	state = filepath.Join(dir, "state")
+	calls, state = testenv.Shims(t, "testdata/shims")
 	os.MkdirAll(filepath.Join(state, "VGatom"), 0o755)
 	os.WriteFile(filepath.Join(state, "VGatom", "master"), []byte(strings.Repeat("disk image ", 400000)), 0o644)
-	log := filepath.Join(dir, "calls")
-	t.Setenv("PATH", abs+":"+os.Getenv("PATH"))
-	t.Setenv("SHIM_LOG", log)
-	t.Setenv("SHIM_STATE", state)
-	return func() string { b, _ := os.ReadFile(log); return string(b) }, state
+	return calls, state
 }
 
 func TestParseSize(t *testing.T) {

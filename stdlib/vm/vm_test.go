@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bkrun/bkrun/internal/testenv"
 	"github.com/bkrun/bkrun/runtime/luatest"
 	"github.com/bkrun/bkrun/stdlib/exec"
 )
@@ -16,16 +17,9 @@ import (
 // returns a function that reads the calls made so far.
 func shims(t *testing.T) (calls func() string, state string) {
 	t.Helper()
-	abs, _ := filepath.Abs("testdata/shims")
-	dir := t.TempDir()
-	log := filepath.Join(dir, "calls")
-	state = filepath.Join(dir, "state")
-	os.Mkdir(state, 0o755)
+	calls, state = testenv.Shims(t, "testdata/shims")
 	os.WriteFile(filepath.Join(state, "master"), []byte("running\n"), 0o644)
-	t.Setenv("PATH", abs+":"+os.Getenv("PATH"))
-	t.Setenv("SHIM_LOG", log)
-	t.Setenv("SHIM_STATE", state)
-	return func() string { b, _ := os.ReadFile(log); return string(b) }, state
+	return calls, state
 }
 
 func TestDriversIssueTheRightCommands(t *testing.T) {

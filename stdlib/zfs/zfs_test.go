@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bkrun/bkrun/internal/testenv"
 	"github.com/bkrun/bkrun/runtime/luatest"
 	"github.com/bkrun/bkrun/stdlib/stream"
 )
@@ -17,16 +18,9 @@ import (
 // tank/vm holding no snapshots yet.
 func shims(t *testing.T) (calls func() string, state string) {
 	t.Helper()
-	abs, _ := filepath.Abs("testdata/shims")
-	dir := t.TempDir()
-	state = filepath.Join(dir, "state")
-	os.Mkdir(state, 0o755)
+	calls, state = testenv.Shims(t, "testdata/shims")
 	os.WriteFile(filepath.Join(state, "datasets"), []byte("tank/vm\n"), 0o644)
-	log := filepath.Join(dir, "calls")
-	t.Setenv("PATH", abs+":"+os.Getenv("PATH"))
-	t.Setenv("SHIM_LOG", log)
-	t.Setenv("SHIM_STATE", state)
-	return func() string { b, _ := os.ReadFile(log); return string(b) }, state
+	return calls, state
 }
 
 func TestSnapshotListSendReceive(t *testing.T) {

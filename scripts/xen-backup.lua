@@ -78,6 +78,7 @@ function run(a)
       local r = stream.copy {
         from = exec.stream(argv), to = host and (host .. ":" .. to) or to, codec = a.codec,
         overwrite = a.overwrite, ssh = conn,
+        verify = not host,             -- a local dump is decoded and hash-checked before the rename
         meta = { domain = a.domain, partition = p.index, level = lvl, base = base or 0 },
       }
       if not r.dry_run then

@@ -87,7 +87,7 @@ const (
 	samplePieces = 4
 )
 
-var lz4Header = func() []byte {
+var lz4Header = sync.OnceValue(func() []byte {
 	// Let the library write the frame descriptor, including its header
 	// checksum, rather than re-implementing xxh32 for two bytes.
 	var b bytes.Buffer
@@ -104,10 +104,10 @@ var lz4Header = func() []byte {
 		panic(fmt.Sprintf("unexpected lz4 frame header % x", h))
 	}
 	return append([]byte(nil), h...)
-}()
+})
 
 func newLZ4() *lz4Encoder {
-	e := &lz4Encoder{header: lz4Header}
+	e := &lz4Encoder{header: lz4Header()}
 	e.pool.New = func() any {
 		return &lz4State{sample: make([]byte, samplePiece*samplePieces), scratch: make([]byte, lz4.CompressBlockBound(samplePiece*samplePieces))}
 	}

@@ -313,7 +313,7 @@ func encodeBlock(j *job, enc Encoder) {
 		j.zero = true
 		data = zeroBlock[:j.n]
 		if j.n == BlockSize {
-			j.out, j.leaf = enc.Zero(), zeroLeaf
+			j.out, j.leaf = enc.Zero(), zeroLeaf()
 			return
 		}
 	}

@@ -68,7 +68,7 @@ func decode(ctx context.Context, image string, meta *Meta, fn func(block []byte,
 			block := buf[:n]
 			zero := disk.IsZero(block)
 			if zero && n == BlockSize {
-				tree.Add(zeroLeaf)
+				tree.Add(zeroLeaf())
 			} else {
 				tree.Add(Leaf(block))
 			}

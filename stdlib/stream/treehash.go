@@ -2,6 +2,7 @@ package stream
 
 import (
 	"encoding/hex"
+	"sync"
 
 	"github.com/zeebo/blake3"
 )
@@ -21,8 +22,9 @@ import (
 //	lz4 -dc IMAGE.lz4 | split -b 1M --filter='b3sum --no-names' | xxd -r -p | b3sum --no-names
 const HashAlgo = "blake3-tree-1MiB"
 
-// zeroLeaf is the leaf hash of a full zero block.
-var zeroLeaf = blake3.Sum256(zeroBlock)
+// zeroLeaf is the leaf hash of a full zero block, computed on first use
+// (not at start-up: bkrun -e ” must stay fast).
+var zeroLeaf = sync.OnceValue(func() [32]byte { return blake3.Sum256(zeroBlock) })
 
 // Leaf hashes one block.
 func Leaf(block []byte) [32]byte { return blake3.Sum256(block) }

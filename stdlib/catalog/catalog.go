@@ -1,0 +1,330 @@
+// Package catalog finds the backups bkrun wrote under a directory, from the
+// catalogue entries (X.json, stream.Meta) that stream.copy writes next to
+// every backup X, groups them by source, and works out the dump chain a
+// restore needs. A damaged entry is reported as a Problem, never a crash;
+// files that are neither backups nor entries are listed as unknown.
+package catalog
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bkrun/bkrun/stdlib/stream"
+)
+
+// Kinds of backup.
+const (
+	KindImage  = "image"  // a device or file copied whole (disk-image.lua)
+	KindDump   = "dump"   // a dump(8) archive: Extra carries level/partition (xen-backup.lua)
+	KindStream = "stream" // any other stream (btrfs send, a command's output)
+)
+
+// Backup is one backup found with a valid catalogue entry.
+type Backup struct {
+	Path   string       // the data file
+	Meta   *stream.Meta // its catalogue entry (Path + ".json")
+	Kind   string       // KindImage, KindDump or KindStream
+	Source string       // dumps: "domain/partition"; otherwise Meta.Source
+	Time   time.Time    // Meta.Finished
+	Size   int64        // logical size (Meta.Size); the file holds Meta.BytesWritten
+	Level  int          // dump level, -1 if none
+	Base   time.Time    // dumps: the -T date the incremental was taken against (zero for level 0)
+}
+
+// Problem is a file that looks like part of a backup but cannot be used.
+type Problem struct {
+	Path   string
+	Reason string
+}
+
+// Source is the backups of one source, newest first.
+type Source struct {
+	Name    string
+	Backups []*Backup
+}
+
+// Catalog is what Scan found.
+type Catalog struct {
+	Dir      string
+	Backups  []*Backup // by source, then newest first
+	Problems []Problem // by path
+	Unknown  []string  // by path
+}
+
+// Scan walks dir recursively (symbolic links are not followed: a link is
+// listed as unknown) and classifies every file:
+//
+//   - X.json that is a valid catalogue entry whose data file X is a regular
+//     file of the size recorded (bytes_written): a Backup;
+//   - a .json that does not parse, an entry whose data file is missing, not
+//     a regular file or of another size, a temporary ".partial" file left by
+//     an interrupted copy, a directory that cannot be read: a Problem;
+//   - anything else: Unknown.
+//
+// Only an unreadable dir itself is an error.
+func Scan(dir string) (*Catalog, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: %w", err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("catalog: %s is not a directory", dir)
+	}
+	c := &Catalog{Dir: dir}
+	files := map[string]fs.DirEntry{}
+	var jsons []string
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == dir {
+				return err
+			}
+			c.Problems = append(c.Problems, Problem{p, "cannot read: " + errText(err)})
+			if d != nil && d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() {
+			return nil
+		}
+		files[p] = d
+		if strings.HasSuffix(p, ".json") && !isPartial(p) {
+			jsons = append(jsons, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("catalog: %w", err)
+	}
+	// Longest names first: the entry of a backup of a .json file
+	// (x.json.json) claims its data file before x.json is read as an entry.
+	sort.SliceStable(jsons, func(i, j int) bool { return len(jsons[i]) > len(jsons[j]) })
+	claimed := map[string]bool{}
+	for _, j := range jsons {
+		if claimed[j] {
+			continue // the data file of another entry (a backup of a .json file)
+		}
+		data := strings.TrimSuffix(j, ".json")
+		b, reason := entry(j, data, files[data])
+		claimed[j] = true
+		if files[data] != nil {
+			claimed[data] = true
+		}
+		if reason != "" {
+			c.Problems = append(c.Problems, Problem{j, reason})
+			continue
+		}
+		c.Backups = append(c.Backups, b)
+	}
+	for p := range files {
+		switch {
+		case claimed[p]:
+		case isPartial(p):
+			c.Problems = append(c.Problems, Problem{p, "incomplete upload (temporary file)"})
+		default:
+			c.Unknown = append(c.Unknown, p)
+		}
+	}
+	sort.Slice(c.Problems, func(i, j int) bool { return c.Problems[i].Path < c.Problems[j].Path })
+	sort.Strings(c.Unknown)
+	sort.Slice(c.Backups, func(i, j int) bool {
+		a, b := c.Backups[i], c.Backups[j]
+		if a.Source != b.Source {
+			return a.Source < b.Source
+		}
+		return newer(a, b)
+	})
+	return c, nil
+}
+
+// newer orders backups newest first; equal times by path, for a stable order.
+func newer(a, b *Backup) bool {
+	if !a.Time.Equal(b.Time) {
+		return a.Time.After(b.Time)
+	}
+	return a.Path > b.Path
+}
+
+// isPartial tells a temporary file of an unfinished copy
+// (".NAME.partial-RANDOM", see stream.CreateFile and the SFTP sink).
+func isPartial(p string) bool {
+	base := filepath.Base(p)
+	return strings.HasPrefix(base, ".") && strings.Contains(base, ".partial")
+}
+
+func errText(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// entry reads one catalogue entry and checks its data file.
+func entry(jsonPath, data string, d fs.DirEntry) (*Backup, string) {
+	m, err := stream.ReadMeta(jsonPath)
+	if err != nil {
+		// ReadMeta's messages start with the path, which Problem carries.
+		return nil, "damaged catalogue entry: " + strings.TrimPrefix(errText(err), jsonPath+": ")
+	}
+	if d == nil {
+		return nil, fmt.Sprintf("data file %s is missing", filepath.Base(data))
+	}
+	if !d.Type().IsRegular() {
+		return nil, fmt.Sprintf("data file %s is not a regular file (%s)", filepath.Base(data), d.Type())
+	}
+	fi, err := d.Info()
+	if err != nil {
+		return nil, fmt.Sprintf("data file %s: %s", filepath.Base(data), errText(err))
+	}
+	if fi.Size() != m.BytesWritten {
+		return nil, fmt.Sprintf("data file %s is %d bytes, the catalogue entry says %d (truncated or replaced)",
+			filepath.Base(data), fi.Size(), m.BytesWritten)
+	}
+	b := &Backup{Path: data, Meta: m, Source: m.Source, Time: m.Finished, Size: m.Size, Level: -1}
+	level, hasLevel := number(m.Extra["level"])
+	_, hasPart := m.Extra["partition"]
+	switch {
+	case hasLevel || hasPart:
+		b.Kind = KindDump
+		if hasLevel {
+			if level < 0 || level > 9 || level != math.Trunc(level) {
+				return nil, fmt.Sprintf("damaged catalogue entry: dump level %v is not 0-9", m.Extra["level"])
+			}
+			b.Level = int(level)
+		}
+		dom, part := str(m.Extra["domain"]), str(m.Extra["partition"])
+		switch {
+		case dom != "" && part != "":
+			b.Source = dom + "/" + part
+		case dom != "":
+			b.Source = dom
+		}
+		b.Base = timeOf(m.Extra["base"])
+	case m.SourceKind == "device" || m.SourceKind == "file":
+		b.Kind = KindImage
+	default:
+		b.Kind = KindStream
+	}
+	return b, ""
+}
+
+func number(v any) (float64, bool) {
+	switch x := v.(type) {
+	case float64:
+		return x, true
+	case string:
+		f, err := strconv.ParseFloat(x, 64)
+		return f, err == nil
+	}
+	return 0, false
+}
+
+func str(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return x
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64)
+	}
+	return fmt.Sprint(v)
+}
+
+// timeOf reads a base date: Unix seconds (what xen-backup.lua writes; 0
+// means none) or an RFC 3339 string.
+func timeOf(v any) time.Time {
+	switch x := v.(type) {
+	case float64:
+		if x > 0 {
+			return time.Unix(int64(x), 0).UTC()
+		}
+	case string:
+		if t, err := time.Parse(time.RFC3339, x); err == nil {
+			return t
+		}
+	}
+	return time.Time{}
+}
+
+// Sources groups the backups by source (sorted by name), newest first
+// within each.
+func (c *Catalog) Sources() []Source {
+	var out []Source
+	for _, b := range c.Backups {
+		if len(out) == 0 || out[len(out)-1].Name != b.Source {
+			out = append(out, Source{Name: b.Source})
+		}
+		s := &out[len(out)-1]
+		s.Backups = append(s.Backups, b)
+	}
+	return out
+}
+
+// Find returns the backup whose data file (or catalogue entry) is path.
+func (c *Catalog) Find(path string) (*Backup, bool) {
+	path = strings.TrimSuffix(filepath.Clean(path), ".json")
+	for _, b := range c.Backups {
+		if b.Path == path {
+			return b, true
+		}
+	}
+	// Relative to the catalogue's directory.
+	if !filepath.IsAbs(path) {
+		return c.Find(filepath.Join(c.Dir, path))
+	}
+	return nil, false
+}
+
+// Chain returns the backups a restore of b applies, oldest first, ending
+// with b. An image or a stream stands alone: the chain is b itself. For a
+// dump at level N (dump(8) semantics, as retain.hanoi schedules them), the
+// dump it was taken against is the most recent earlier dump of the same
+// source at a lower level; the walk repeats from there down to level 0.
+// With Hanoi levels 0 3 2 5 4 on days 1-5, the level-4 dump of day 5
+// needs day 3 (level 2) and day 1 (level 0): day 4 (level 5) and day 2
+// (level 3) are not lower. A missing lower level is an error that names
+// it; so is a chain whose lower dump is older than the date the
+// incremental was taken against (its base): the dump it needs is not in
+// the catalogue.
+func (c *Catalog) Chain(b *Backup) ([]*Backup, error) {
+	if b.Kind != KindDump || b.Level < 0 {
+		return []*Backup{b}, nil
+	}
+	chain := []*Backup{b}
+	cur := b
+	for cur.Level > 0 {
+		var prev *Backup
+		for _, o := range c.Backups { // newest first within a source
+			if o.Source == cur.Source && o.Kind == KindDump && o.Level >= 0 && o.Level < cur.Level && newer(cur, o) && o != cur {
+				prev = o
+				break
+			}
+		}
+		if prev == nil {
+			return nil, fmt.Errorf("%s: level %d of %s needs a lower-level dump before it; none found (missing level 0?)",
+				cur.Source, cur.Level, day(cur.Time))
+		}
+		if !cur.Base.IsZero() && prev.Meta.Started.Before(cur.Base) {
+			return nil, fmt.Errorf("%s: level %d of %s was taken against a dump of %s; the catalogue has only the level %d of %s before it (missing dump of %s?)",
+				cur.Source, cur.Level, day(cur.Time), cur.Base.UTC().Format(time.RFC3339), prev.Level, day(prev.Time), day(cur.Base))
+		}
+		chain = append(chain, prev)
+		cur = prev
+	}
+	for i, j := 0, len(chain)-1; i < j; i, j = i+1, j-1 {
+		chain[i], chain[j] = chain[j], chain[i]
+	}
+	return chain, nil
+}
+
+func day(t time.Time) string { return t.UTC().Format("2006-01-02") }

@@ -3,6 +3,7 @@ package main
 import (
 	"github.com/bkrun/bkrun/runtime"
 	"github.com/bkrun/bkrun/stdlib/btrfs"
+	"github.com/bkrun/bkrun/stdlib/catalog"
 	"github.com/bkrun/bkrun/stdlib/disk"
 	"github.com/bkrun/bkrun/stdlib/exec"
 	"github.com/bkrun/bkrun/stdlib/fs"
@@ -34,5 +35,6 @@ func modules() []*runtime.Module {
 		zfs.Module,
 		part.Module,
 		retain.Module,
+		catalog.Module,
 	}
 }

@@ -457,13 +457,14 @@ func Receive(ctx context.Context, dir string, r io.Reader) (string, error) {
 		}
 	}
 	// The stream goes to btrfs receive's stdin. If the source fails (a
-	// failing send, a corrupt file) the stream is incomplete: receive is
-	// killed rather than left to finish it.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	src := &failStop{r: r, stop: cancel}
-	res, rerr := exec.Run(ctx, exec.Cmd{Argv: Argv("receive", dir), Capture: true, StdinReader: src})
-	readErr := src.err
+	// failing send, a corrupt file) the stream is incomplete: exec.Run
+	// stops receive and reports an InputError.
+	res, rerr := exec.Run(ctx, exec.Cmd{Argv: Argv("receive", dir), Capture: true, StdinReader: r})
+	var readErr error
+	var ie *exec.InputError
+	if errors.As(rerr, &ie) {
+		readErr = ie.Err
+	}
 	// btrfs-progs 6.x prints "At subvol" on stdout, older ones on stderr.
 	name := receivedName(res.Stdout + "\n" + res.Stderr)
 	if rerr == nil && readErr == nil {
@@ -509,20 +510,4 @@ func receivedName(stderr string) string {
 		}
 	}
 	return name
-}
-
-// failStop records the first read error of a stream and stops its consumer.
-type failStop struct {
-	r    io.Reader
-	stop func()
-	err  error
-}
-
-func (f *failStop) Read(p []byte) (int, error) {
-	n, err := f.r.Read(p)
-	if err != nil && err != io.EOF && f.err == nil {
-		f.err = err
-		f.stop()
-	}
-	return n, err
 }

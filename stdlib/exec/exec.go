@@ -159,8 +159,15 @@ func Run(ctx context.Context, c Cmd) (Result, error) {
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}
 	}
+	var input *inputReader
 	if c.StdinReader != nil {
-		cmd.Stdin = c.StdinReader
+		// A stream that fails half-way (a dying send) must not reach the
+		// command as a clean end of input: the command is stopped.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		input = &inputReader{r: c.StdinReader, stop: cancel}
+		cmd.Stdin = input
 	} else if c.Stdin != "" {
 		cmd.Stdin = strings.NewReader(c.Stdin)
 	}
@@ -206,6 +213,9 @@ func Run(ctx context.Context, c Cmd) (Result, error) {
 	if stdout.overflow {
 		return res, fmt.Errorf("%s: output exceeds %d MiB; stream it instead of capturing it", c.Argv[0], MaxCapture>>20)
 	}
+	if input != nil && input.err != nil {
+		return res, &InputError{Cmd: c.Argv[0], Err: input.err}
+	}
 	select {
 	case <-killed:
 		if c.Timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) {
@@ -226,6 +236,34 @@ func Run(ctx context.Context, c Cmd) (Result, error) {
 		return res, &Error{Argv: c.Argv, Status: res.Status, Signal: res.Signal, Stderr: res.Stderr}
 	}
 	return res, nil
+}
+
+// InputError is a command stopped because the stream feeding its stdin
+// (Cmd.StdinReader) failed.
+type InputError struct {
+	Cmd string
+	Err error
+}
+
+func (e *InputError) Error() string { return "reading the input of " + e.Cmd + ": " + e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
+
+// inputReader records the first read error of a command's input and stops
+// the command. os/exec reads it in its own goroutine and Wait waits for
+// that goroutine, so err is safe to read after Wait.
+type inputReader struct {
+	r    io.Reader
+	stop func()
+	err  error
+}
+
+func (in *inputReader) Read(p []byte) (int, error) {
+	n, err := in.r.Read(p)
+	if err != nil && err != io.EOF && in.err == nil {
+		in.err = err
+		in.stop()
+	}
+	return n, err
 }
 
 func signalName(s syscall.Signal) string {

@@ -4,6 +4,7 @@ package zfs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -98,25 +99,12 @@ func Receive(ctx context.Context, target string, r io.Reader, force bool) error 
 		argv = append(argv, "-F")
 	}
 	argv = append(argv, target)
-	// A read error of the stream (a failed send) must fail the receive
-	// too: os/exec would otherwise just close zfs receive's stdin.
-	var readErr error
-	_, err := exec.Run(ctx, exec.Cmd{Argv: argv, Capture: true, StdinReader: errTrap{r, &readErr}})
-	if readErr != nil {
-		return fmt.Errorf("reading the send stream: %w", readErr)
+	// A failing stream (a failed send) stops zfs receive: exec.Run
+	// reports it as an InputError.
+	_, err := exec.Run(ctx, exec.Cmd{Argv: argv, Capture: true, StdinReader: r})
+	var ie *exec.InputError
+	if errors.As(err, &ie) {
+		return fmt.Errorf("reading the send stream: %w", ie.Err)
 	}
 	return err
-}
-
-type errTrap struct {
-	r   io.Reader
-	err *error
-}
-
-func (e errTrap) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && err != io.EOF {
-		*e.err = err
-	}
-	return n, err
 }

@@ -286,15 +286,11 @@ func copyError(from, to string, err error) error {
 	if errors.As(err, &se) || errors.Is(err, context.Canceled) {
 		return fmt.Errorf("%s: %w", to, err)
 	}
-	if errors.Is(err, ErrSourceShort) || isReadErr(err) {
+	var re *ReadError
+	if errors.Is(err, ErrSourceShort) || errors.As(err, &re) {
 		return fmt.Errorf("%s: %w", from, err)
 	}
 	return fmt.Errorf("%s: %w", to, err)
-}
-
-func isReadErr(err error) bool {
-	s := err.Error()
-	return len(s) >= 7 && s[:7] == "reading"
 }
 
 func luaRestore(h *runtime.Host, L *lua.LState) int {

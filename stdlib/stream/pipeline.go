@@ -84,6 +84,27 @@ type job struct {
 // one, so zeroed space costs no memory either.
 var outPool = sync.Pool{New: func() any { b := make([]byte, 0, BlockSize+BlockSize/255+64); return &b }}
 
+// ReadError is a failure of the source; Off is the block offset, or -1
+// for a streaming source.
+type ReadError struct {
+	Off int64
+	Err error
+}
+
+func (e *ReadError) Error() string {
+	if e.Off < 0 {
+		return "reading: " + e.Err.Error()
+	}
+	return fmt.Sprintf("reading at offset %d: %v", e.Off, e.Err)
+}
+func (e *ReadError) Unwrap() error { return e.Err }
+
+// WriteError is a failure of the sink.
+type WriteError struct{ Err error }
+
+func (e *WriteError) Error() string { return "writing: " + e.Err.Error() }
+func (e *WriteError) Unwrap() error { return e.Err }
+
 // ErrSourceShort reports a block source that ended before its size.
 var ErrSourceShort = errors.New("source ended before its size")
 
@@ -131,7 +152,7 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 	}
 	st := Stats{Codec: enc.Name(), Start: time.Now()}
 	if _, err := dst.Write(enc.Header()); err != nil {
-		return st, fmt.Errorf("writing: %w", err)
+		return st, &WriteError{err}
 	}
 	st.BytesWritten += int64(len(enc.Header()))
 
@@ -182,7 +203,7 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 						return
 					}
 				case err != nil:
-					j.err = fmt.Errorf("reading: %w", err)
+					j.err = &ReadError{Off: -1, Err: err}
 					last = true
 				}
 			}
@@ -241,7 +262,7 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 				return context.Cause(ctx)
 			}
 			if _, err := dst.Write(j.out); err != nil {
-				return fmt.Errorf("writing: %w", err)
+				return &WriteError{err}
 			}
 			st.BytesWritten += int64(len(j.out))
 			st.Size += int64(j.n)
@@ -283,7 +304,7 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 		return st, err
 	}
 	if _, err := dst.Write(enc.Trailer()); err != nil {
-		return st, fmt.Errorf("writing: %w", err)
+		return st, &WriteError{err}
 	}
 	st.BytesWritten += int64(len(enc.Trailer()))
 	st.Hash = tree.Sum()
@@ -295,7 +316,7 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 func readBlock(j *job, br BlockReader) {
 	n, hole, err := br.ReadBlock(j.buf[:BlockSize], j.off)
 	if err != nil {
-		j.err = fmt.Errorf("reading at offset %d: %w", j.off, err)
+		j.err = &ReadError{Off: j.off, Err: err}
 		return
 	}
 	if n == 0 {

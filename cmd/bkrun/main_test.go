@@ -43,7 +43,14 @@ type result struct {
 
 func bkrun(t *testing.T, stdin string, args ...string) result {
 	t.Helper()
+	return bkrunEnv(t, nil, stdin, args...)
+}
+
+// bkrunEnv runs the binary with env (nil: the test's own environment).
+func bkrunEnv(t *testing.T, env []string, stdin string, args ...string) result {
+	t.Helper()
 	cmd := exec.Command(bkrunBin, args...)
+	cmd.Env = env
 	cmd.Dir = repoRoot(t)
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se

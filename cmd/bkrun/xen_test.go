@@ -82,17 +82,7 @@ func (r *xenRig) args(extra ...string) []string {
 
 func (r *xenRig) run(t *testing.T, extra ...string) result {
 	t.Helper()
-	cmd := exec.Command(bkrunBin, r.args(extra...)...)
-	cmd.Dir = repoRoot(t)
-	cmd.Env = r.env
-	var so, se bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &so, &se
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	}
-	return result{code, so.String(), se.String()}
+	return bkrunEnv(t, r.env, "", r.args(extra...)...)
 }
 
 func (r *xenRig) log() string { b, _ := os.ReadFile(r.calls); return string(b) }

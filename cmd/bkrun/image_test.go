@@ -1175,3 +1175,26 @@ func TestDiskImageMemoryBound(t *testing.T) {
 	}
 	onlyEntries(t, restoreDir)
 }
+
+// scripts/catalog.lua lists what disk-image.lua wrote, verifies it, and
+// exits 1 when a catalogue entry is damaged.
+func TestCatalogRecipe(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	os.WriteFile(img, append(bytes.Repeat([]byte("catalogue me "), 100000), make([]byte, 1<<20)...), 0o644)
+	dest := filepath.Join(dir, "backup")
+	os.Mkdir(dest, 0o755)
+	if r := bkrun(t, "", "scripts/disk-image.lua", img, dest+"/disk.img.lz4"); r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	r := bkrun(t, "", "scripts/catalog.lua", dest, "--verify")
+	if r.code != 0 || !strings.Contains(r.stdout, img) || !strings.Contains(r.stdout, "disk.img.lz4") || !strings.Contains(r.stdout, "verified") {
+		t.Fatalf("%+v", r)
+	}
+	os.WriteFile(filepath.Join(dest, "other.img.lz4"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(dest, "other.img.lz4.json"), []byte("{not json"), 0o644)
+	r = bkrun(t, "", "scripts/catalog.lua", dest)
+	if r.code != 1 || !strings.Contains(r.stdout, "PROBLEM ") || !strings.Contains(r.stderr, "1 problem(s) in "+dest) {
+		t.Fatalf("%+v", r)
+	}
+}

@@ -437,7 +437,10 @@ exec.run{"sleep", "60"}   -- the hung lvcreate
 // changed in the directories it was pointed at.
 func TestRecipesDryRun(t *testing.T) {
 	root := repoRoot(t)
-	shims := filepath.Join(root, "stdlib", "vm", "testdata", "shims") + ":" + filepath.Join(root, "stdlib", "lvm", "testdata", "shims")
+	shims := filepath.Join(root, "stdlib", "vm", "testdata", "shims") + ":" + filepath.Join(root, "stdlib", "lvm", "testdata", "shims") +
+		":" + filepath.Join(root, "stdlib", "zfs", "testdata", "shims")
+	state := t.TempDir()
+	os.WriteFile(filepath.Join(state, "datasets"), []byte("tank/vm\nbackup/vm\n"), 0o644)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.img")
 	os.WriteFile(img, make([]byte, 1<<20), 0o644)
@@ -454,10 +457,11 @@ func TestRecipesDryRun(t *testing.T) {
 		{"scripts/btrfs-snapsync.lua", src, src, dest},
 		{"scripts/xen-backup.lua", "master", "--dest", dest, "--history", dest + "/h.json", "--hypervisor", "xl"},
 		{"scripts/tunnel.lua", "--local", "13306:localhost:3306", "repl@db.example"},
+		{"scripts/zfs-snapsync.lua", "tank/vm", "backup/vm"},
 	} {
 		cmd := exec.Command(bkrunBin, append([]string{"--dry-run"}, args...)...)
 		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "PATH="+shims+":"+os.Getenv("PATH"), "SHIM_STATE="+dir, "TMPDIR="+dir)
+		cmd.Env = append(os.Environ(), "PATH="+shims+":"+os.Getenv("PATH"), "SHIM_STATE="+state, "TMPDIR="+dir)
 		out, err := cmd.CombinedOutput()
 		// hello.lua only runs a read-only command: nothing to print.
 		if err != nil || (args[0] != "scripts/hello.lua" && !strings.Contains(string(out), "[dry-run] ")) {

@@ -73,10 +73,14 @@ type Catalog struct {
 func Scan(dir string) (*Catalog, error) {
 	st, err := os.Stat(dir)
 	if err != nil {
-		return nil, fmt.Errorf("catalog: %w", err)
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the path is named once, below
+		}
+		return nil, fmt.Errorf("%s: %w", dir, err)
 	}
 	if !st.IsDir() {
-		return nil, fmt.Errorf("catalog: %s is not a directory", dir)
+		return nil, fmt.Errorf("%s: not a directory", dir)
 	}
 	c := &Catalog{Dir: dir}
 	files := map[string]fs.DirEntry{}

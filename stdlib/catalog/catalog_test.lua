@@ -79,6 +79,6 @@ function TestScanChainsProblems(t)
 end
 
 function TestScanErrors(t)
-  t:raises(function() catalog.scan(t:tempdir() .. "/nope") end, "catalog.scan: catalog: ")
+  t:raises(function() catalog.scan(t:tempdir() .. "/nope") end, "/nope: no such file or directory")
   t:raises(function() catalog.scan(7) end, "bad argument #1 to 'catalog.scan' (string expected, got number)")
 end

@@ -36,13 +36,34 @@ nothing) and commands are printed, not run, unless marked safe=true.`,
 			Doc: `Connect and authenticate. identity is a key file or a list of them;
 config is the ssh_config file to read ("none": none); timeout and keepalive
 are seconds or "30s" (keepalive=0 disables it).`},
-		{Name: "conn:exec", Sig: "conn:exec(cmd [, {stdin=string|source, check=true, safe=false, timeout=}]) -> {ok, status, signal, stdout, stderr}",
+		{Name: "conn:exec", Sig: "conn:exec(cmd [, {stdin=string|source, stdout=file, check=true, safe=false, timeout=}]) -> {ok, status, signal, stdout, stderr}",
 			Doc: `Run a remote shell command line and capture its output (for small outputs;
 move data with stream.copy). stdin is a string, or a source such as
-disk.open(path) whose bytes stream into the command without passing through
-Lua: conn:exec("cat > /backup/sda.img", {stdin = disk.open("/dev/sda")}).
+disk.open(path) or conn2:open(path) whose bytes stream into the command
+without passing through Lua:
+conn:exec("cat > /backup/sda.img", {stdin = disk.open("/dev/sda")}).
+stdout is a remote file from conn:create (on this or another connection):
+the command's output streams into it and the file is committed (renamed into
+place) only when the command exits 0; otherwise it is removed:
+src:exec("pg_dump db", {stdout = dst:create("/backup/db.sql")}).
 A non-zero exit raises "ssh: user@host:port: remote command "cmd" exited N:
 <last lines of stderr>" unless check=false.`},
+		{Name: "conn:create", Sig: "conn:create(path [, {overwrite=false}]) -> file",
+			Doc: `Start writing a remote file over SFTP (a plain OpenSSH server needs nothing
+else). The bytes go to DIR/.NAME.partial-RANDOM; nothing appears at path
+until the file is committed: by stream.copy{to = file} (which also writes the
+catalogue entry path.json), by conn:exec{stdout = file} when the command
+succeeds, or by file:commit() (flush, fsync, size check, rename). A missing
+directory, or an existing path without overwrite=true, is refused before
+anything is written. file:abort() removes it; the clean-up stack removes an
+uncommitted file at the end of the run, over a new connection if the old one
+died. Fields: file.path, file.temp, file.written, file.done. Under --dry-run
+the action is printed and nil returned.`},
+		{Name: "conn:open", Sig: "conn:open(path) -> source",
+			Doc: `Open a remote regular file for reading over SFTP: a source for
+stream.copy{from = ...} (e.g. pull a remote image into a local compressed
+backup) and for conn:exec{stdin = ...}. Fields: src.path (user@host:port:path),
+src.size; src:close(), or the clean-up stack closes it.`},
 		{Name: "conn:output", Sig: "conn:output(cmd [, {safe=false, timeout=}]) -> string",
 			Doc: "Run a remote command and return its stdout with surrounding white space trimmed."},
 		{Name: "conn:btrfs_receive", Sig: `conn:btrfs_receive(dir, source [, {receiver="bkrun receive"}]) -> path`,
@@ -82,7 +103,10 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 		"output":        L.NewFunction(func(L *lua.LState) int { return b.exec(L, true) }),
 		"close":         L.NewFunction(b.close),
 		"btrfs_receive": L.NewFunction(b.btrfsReceive),
+		"create":        L.NewFunction(b.create),
+		"open":          L.NewFunction(b.openFile),
 	}
+	b.fileMetatables(L)
 	L.SetField(mt, "__index", L.NewFunction(func(L *lua.LState) int {
 		lc := checkConn(L, "ssh.conn")
 		switch k := L.CheckString(2); k {
@@ -173,8 +197,11 @@ func (b *binding) exec(L *lua.LState, output bool) int {
 	safe := o.Bool("safe", false)
 	timeout := o.Duration("timeout", 0)
 	var stdin io.Reader
+	var sinkFile *luaFile
+	var stdout io.Writer
 	check := true
 	if !output {
+		sinkFile, stdout = stdoutOf(L, optValue(o, "stdout"), fn)
 		switch v := optValue(o, "stdin").(type) {
 		case *lua.LNilType:
 		case lua.LString:
@@ -224,7 +251,20 @@ func (b *binding) exec(L *lua.LState, output bool) int {
 	}
 	var out limitedBuffer
 	errb := &tailBuffer{max: exec.MaxCapture}
-	err := c.Exec(ctx, string(cmd), stdin, &out, errb)
+	if stdout == nil {
+		stdout = &out
+	}
+	err := c.Exec(ctx, string(cmd), stdin, stdout, errb)
+	if sinkFile != nil {
+		// The remote file gets the command's output only if the command
+		// succeeded: a failed dump must not become a backup.
+		if err == nil {
+			err = sinkFile.f.Commit()
+		} else {
+			sinkFile.f.Abort()
+		}
+		sinkFile.step.Cancel()
+	}
 	if out.overflow {
 		runtime.Raise(L, fn, fmt.Errorf("ssh: %s: %q: output exceeds %d MiB; stream it instead of capturing it", c, string(cmd), exec.MaxCapture>>20))
 	}

@@ -161,3 +161,96 @@ func TestLuaExecStreamsSource(t *testing.T) {
 		t.Errorf("bad stdin: %v", err)
 	}
 }
+
+// conn:create and conn:open move bytes between remote files and commands
+// without Lua touching them; a failing command never leaves its output
+// under the final name.
+func TestLuaCreateOpen(t *testing.T) {
+	s := sshtest.Start(t, sshtest.Options{})
+	h, _ := luaHost(t, false)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "old"), []byte("previous backup"), 0o644)
+	vals, err := h.RunChunk(connectLua(s)+`
+		local D = "`+dir+`"
+		local f = c:create(D .. "/a.txt")
+		assert(f.path == D .. "/a.txt" and f.temp:find("/.a.txt.partial-", 1, true), f.temp)
+		assert(tostring(f) == "ssh.file(`+s.Dest()+`:" .. D .. "/a.txt)", tostring(f))
+		local r = c:exec("printf 'hello remote'", {stdout = f})
+		assert(r.ok and r.stdout == "" and f.done)
+
+		-- A failing command: its partial output is removed, the old file kept.
+		local g = c:create(D .. "/old", {overwrite = true})
+		local ok, msg = pcall(c.exec, c, "echo partial; exit 3", {stdout = g})
+		assert(not ok and msg:find("exited 3", 1, true), msg)
+		assert(g.done)
+
+		-- An existing file without overwrite is refused before writing.
+		local ok2, msg2 = pcall(c.create, c, D .. "/a.txt")
+		assert(not ok2 and msg2:find("already exists", 1, true), msg2)
+
+		-- A remote file as stdin of another command.
+		local src = c:open(D .. "/a.txt")
+		assert(src.size == 12 and src.path == "`+s.Dest()+`:" .. D .. "/a.txt", src.path)
+		c:exec("cat > " .. D .. "/copy.txt", {stdin = src})
+		src:close()
+
+		-- Explicit commit and abort.
+		local k = c:create(D .. "/kept")
+		c:exec("true", {stdout = k})
+		local dropped = c:create(D .. "/dropped")
+		dropped:abort()
+		local ok3, msg3 = pcall(dropped.commit, dropped)
+		assert(not ok3 and msg3:find("already committed or aborted", 1, true), msg3)
+
+		-- Left uncommitted: the clean-up stack removes it.
+		local left = c:create(D .. "/left")
+		return left.temp
+	`, "create", nil)
+	if err != nil {
+		t.Fatal(runtime.Describe(err, true))
+	}
+	for name, want := range map[string]string{"a.txt": "hello remote", "old": "previous backup", "copy.txt": "hello remote", "kept": ""} {
+		if b, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(b) != want {
+			t.Errorf("%s: %q, %v (want %q)", name, b, err, want)
+		}
+	}
+	for _, name := range []string{"dropped", "left"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			t.Errorf("%s exists", name)
+		}
+	}
+	left := vals[0].String()
+	if _, err := os.Stat(left); err != nil {
+		t.Fatalf("uncommitted temp file should still exist before clean-up: %v", err)
+	}
+	if err := h.RunCleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(left); err == nil {
+		t.Errorf("clean-up left %s", left)
+	}
+	noPartials(t, dir)
+}
+
+func TestLuaCreateOpenBadArguments(t *testing.T) {
+	s := sshtest.Start(t, sshtest.Options{})
+	h, _ := luaHost(t, false)
+	dir := t.TempDir()
+	for src, want := range map[string]string{
+		`c:create(5)`:                               `bad argument #2 to 'conn:create' (string expected, got number)`,
+		`c:create("` + dir + `/none/x")`:            `remote directory ` + dir + `/none/ does not exist`,
+		`c:create("` + dir + `", {overwrite=true})`: `is a directory`,
+		`c:create("x", {overwrit=true})`:            `overwrit`,
+		`c:open("` + dir + `/missing")`:             `conn:open: `,
+		`c:open("` + dir + `")`:                     `not a regular file`,
+		`c:exec("true", {stdout = "file"})`:         `option 'stdout': a remote file (conn:create) expected, got string`,
+		`c.create(nil, "x")`:                        `bad argument #1 to 'conn:create' (ssh connection`,
+	} {
+		_, err := h.RunChunk(connectLua(s)+src, "bad", nil)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want %q", src, err, want)
+		}
+	}
+	h.RunCleanup()
+	noPartials(t, dir)
+}

@@ -123,6 +123,19 @@ func (w fileWriter) Write(p []byte) (int, error) { return w.f.Write(p) }
 // TempPath is the temporary name the bytes are written to.
 func (f *RemoteFile) TempPath() string { return f.tmp }
 
+// Conn is the connection the file is written over.
+func (f *RemoteFile) Conn() *Conn { return f.c }
+
+// Overwrite tells whether Commit may replace an existing file.
+func (f *RemoteFile) Overwrite() bool { return f.overwrite }
+
+// Done tells whether the file was committed or aborted.
+func (f *RemoteFile) Done() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.done
+}
+
 // Written is the number of bytes accepted so far.
 func (f *RemoteFile) Written() int64 { return f.n }
 
@@ -257,7 +270,7 @@ func (f *RemoteFile) removeOverNewConnection() error {
 type RemoteReader struct {
 	f    *sftp.File
 	c    *Conn
-	Path string
+	path string
 	size int64
 }
 
@@ -280,16 +293,22 @@ func (c *Conn) Open(p string) (*RemoteReader, error) {
 		f.Close()
 		return nil, c.fail("open "+p, errors.New("not a regular file"))
 	}
-	return &RemoteReader{f: f, c: c, Path: p, size: fi.Size()}, nil
+	return &RemoteReader{f: f, c: c, path: p, size: fi.Size()}, nil
 }
 
 // Size is the file's size when it was opened.
 func (r *RemoteReader) Size() int64 { return r.size }
 
+// Path names the file as user@host:port:path, for logs and catalogues.
+func (r *RemoteReader) Path() string { return r.c.String() + ":" + r.path }
+
+// Kind is what a catalogue entry records as the source's kind.
+func (r *RemoteReader) Kind() string { return "remote-file" }
+
 func (r *RemoteReader) Read(p []byte) (int, error) {
 	n, err := r.f.Read(p)
 	if err != nil && err != io.EOF {
-		err = r.c.fail("read "+r.Path, err)
+		err = r.c.fail("read "+r.path, err)
 	}
 	return n, err
 }
@@ -298,7 +317,7 @@ func (r *RemoteReader) Read(p []byte) (int, error) {
 func (r *RemoteReader) WriteTo(w io.Writer) (int64, error) {
 	n, err := r.f.WriteTo(w)
 	if err != nil {
-		err = r.c.fail("read "+r.Path, err)
+		err = r.c.fail("read "+r.path, err)
 	}
 	return n, err
 }

@@ -39,7 +39,7 @@ The image hash (hash_algo blake3-tree-1MiB) is BLAKE3 over the BLAKE3 of each
 
 A progress bar is drawn only when stderr is a terminal (and not -q).`,
 	Funcs: []runtime.Func{
-		{Name: "copy", Sig: "stream.copy{from=source, to=path, codec=\"lz4\", overwrite=false, verify=false, meta={...}, ssh=conn|{...}, via=\"sftp\"} -> summary",
+		{Name: "copy", Sig: "stream.copy{from=source, to=path|file, codec=\"lz4\", overwrite=false, verify=false, meta={...}, ssh=conn|{...}, via=\"sftp\"} -> summary",
 			Doc: `Copy a source into a file with its catalogue entry. codec is lz4 (default),
 zstd or none; verify=true decodes the written file and checks its hash before
 renaming it into place; meta adds fields to the catalogue entry's "extra".
@@ -50,7 +50,9 @@ entry once the server has all of it. ssh is a connection from ssh.connect, or
 a table of its options (port, user, identity, known_hosts, ...). via="receive"
 sends through "bkrun receive --root DIR" on the other host (usually a forced
 command; receiver= names another command): path is then relative to DIR, and
-the receiver checks size and hash before the rename.
+the receiver checks size and hash before the rename. to may also be a remote
+file from conn:create(path) (written on that connection, committed with its
+catalogue entry); from may be a remote file from conn:open(path).
 The summary table has path, catalogue, source, size, zero_bytes, hole_bytes,
 bytes_written, hash, codec, seconds, rate (bytes/s) and ratio.`},
 		{Name: "restore", Sig: "stream.restore{from=image, to=target, overwrite=false} -> summary",
@@ -139,7 +141,21 @@ func luaCopy(h *runtime.Host, L *lua.LState) int {
 	o := runtime.OptsOf(L, t, 1, fn)
 	fromV := t.RawGetString("from")
 	o.Has("from")
-	to := o.String("to", "")
+	// to is a path, [user@]host:path, or a remote file from conn:create.
+	var toFile *ssh.RemoteFile
+	to := ""
+	switch v := t.RawGetString("to").(type) {
+	case *lua.LNilType:
+	case lua.LString:
+		to = string(v)
+	default:
+		f, ok := ssh.FileFromLua(v)
+		if !ok {
+			runtime.ArgError(L, 1, fn, "option 'to': a path or a remote file (conn:create) expected, got "+v.Type().String())
+		}
+		toFile, to = f, f.Conn().String()+":"+f.Path
+	}
+	o.Has("to")
 	codec := o.String("codec", "lz4")
 	overwrite := o.Bool("overwrite", false)
 	verify := o.Bool("verify", false)
@@ -169,6 +185,9 @@ func luaCopy(h *runtime.Host, L *lua.LState) int {
 		runtime.ArgError(L, 1, fn, "option 'codec': "+err.Error())
 	}
 	remoteDest, remotePath, remote := ParseRemote(to)
+	if toFile != nil {
+		remote = true
+	}
 	var sshConn *ssh.Conn
 	var sshOpts ssh.Options
 	switch v := sshV.(type) {
@@ -203,7 +222,12 @@ func luaCopy(h *runtime.Host, L *lua.LState) int {
 	defer closeSrc()
 	var sink Sink
 	var local *FileSink
-	if remote {
+	if toFile != nil {
+		if toFile.Done() {
+			runtime.ArgError(L, 1, fn, "option 'to': "+to+" was already committed or aborted")
+		}
+		sink = RemoteSinkFor(toFile)
+	} else if remote {
 		if sshConn == nil {
 			c, err := ssh.Dial(h.Context(), remoteDest, sshOpts)
 			if err != nil {

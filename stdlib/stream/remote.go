@@ -50,6 +50,12 @@ func CreateRemote(conn *ssh.Conn, path string, overwrite bool) (*RemoteSink, err
 	return &RemoteSink{conn: conn, path: path, overwrite: overwrite, f: f}, nil
 }
 
+// RemoteSinkFor makes a sink of a remote file already being written
+// (conn:create in Lua).
+func RemoteSinkFor(f *ssh.RemoteFile) *RemoteSink {
+	return &RemoteSink{conn: f.Conn(), path: f.Path, overwrite: f.Overwrite(), f: f}
+}
+
 func (s *RemoteSink) Write(p []byte) (int, error) { return s.f.Write(p) }
 
 // TempPath is the remote temporary name.

@@ -107,6 +107,39 @@ func TestCopyToRemoteHost(t *testing.T) {
 	assertNoPartial(t, rdir)
 }
 
+// Pull a remote image into a backup written on (another) remote host with
+// the connection's own file objects: conn:open as the source, conn:create
+// as the destination, committed with its catalogue entry.
+func TestCopyRemoteFileObjects(t *testing.T) {
+	_, run, _ := remoteHost(t)
+	src := filepath.Join(t.TempDir(), "vm.img")
+	data := append(bytes.Repeat([]byte("guest disk "), 200000), make([]byte, 2<<20)...)
+	os.WriteFile(src, data, 0o644)
+	rdir := t.TempDir()
+	target := filepath.Join(rdir, "vm.img.lz4")
+	err := run(fmt.Sprintf(`local a, b = ssh.connect(DEST, SSH), ssh.connect(DEST, SSH)
+		local r = stream.copy{from = a:open(%q), to = b:create(%q)}
+		assert(r.size == %d, r.size)
+		assert(r.source:find("@127.0.0.1:", 1, true), r.source)
+		-- A file already committed cannot be written again.
+		local f = b:create(%q)
+		f:commit()
+		local ok, msg = pcall(stream.copy, {from = a:open(%q), to = f})
+		assert(not ok and msg:find("already committed", 1, true), msg)`,
+		src, target, len(data), filepath.Join(rdir, "empty"), src))
+	if err != nil {
+		t.Fatal(runtime.Describe(err, true))
+	}
+	meta, err := stream.LoadMeta(target)
+	if err != nil || meta.SourceKind != "remote-file" || meta.Size != int64(len(data)) {
+		t.Fatalf("catalogue %+v: %v", meta, err)
+	}
+	if _, st, err := stream.Verify(t.Context(), target, nil); err != nil || st.Hash != meta.Hash {
+		t.Fatalf("backup does not verify: %v", err)
+	}
+	assertNoPartial(t, rdir)
+}
+
 func assertNoPartial(t *testing.T, dir string) {
 	t.Helper()
 	ents, _ := os.ReadDir(dir)

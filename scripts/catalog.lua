@@ -8,7 +8,7 @@ Exit status 1 when anything is damaged or fails verification: run it from cron a
 the backups, and a broken backup is noticed before it is needed.
 ]]
 args = {
-  { name = "dir", help = "backup directory, e.g. /backup" },
+  { name = "dir", help = "backup directory, e.g. /backup, or [user@]host:dir on a backup server (over SFTP)" },
   { name = "verify", type = "boolean", help = "decode every backup and check its hash" },
 }
 
@@ -21,6 +21,9 @@ local function human(n)
 end
 
 function run(a)
+  if a.verify and a.dir:match("^[^/]+:") then
+    bkrun.usage("--verify decodes every backup: run it on the backup server (the listing works remotely)")
+  end
   local cat = catalog.scan(a.dir)
   local bad = 0
   for _, s in ipairs(cat:sources()) do

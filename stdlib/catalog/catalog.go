@@ -11,12 +11,14 @@ import (
 	"io/fs"
 	"math"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/bkrun/bkrun/stdlib/ssh"
 	"github.com/bkrun/bkrun/stdlib/stream"
 )
 
@@ -71,9 +73,17 @@ type Catalog struct {
 //
 // Only an unreadable dir itself is an error.
 func Scan(dir string) (*Catalog, error) {
-	st, err := os.Stat(dir)
+	return ScanFS(os.DirFS(dir), dir, func(rel string) string { return filepath.Join(dir, rel) })
+}
+
+// ScanFS is Scan over any file system: a local directory, or a backup
+// server's directory over SFTP (ssh.Conn.FS). dir is the name the catalogue
+// and its errors show; name turns a slash-separated path relative to the
+// root of fsys into the path a Backup, Problem or unknown file carries.
+func ScanFS(fsys fs.FS, dir string, name func(rel string) string) (*Catalog, error) {
+	st, err := fs.Stat(fsys, ".")
 	if err != nil {
-		var pe *os.PathError
+		var pe *fs.PathError
 		if errors.As(err, &pe) {
 			err = pe.Err // the path is named once, below
 		}
@@ -83,14 +93,14 @@ func Scan(dir string) (*Catalog, error) {
 		return nil, fmt.Errorf("%s: not a directory", dir)
 	}
 	c := &Catalog{Dir: dir}
-	files := map[string]fs.DirEntry{}
+	files := map[string]fs.DirEntry{} // by relative path
 	var jsons []string
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err = fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if p == dir {
+			if p == "." {
 				return err
 			}
-			c.Problems = append(c.Problems, Problem{p, "cannot read: " + errText(err)})
+			c.Problems = append(c.Problems, Problem{name(p), "cannot read: " + errText(err)})
 			if d != nil && d.IsDir() {
 				return fs.SkipDir
 			}
@@ -106,7 +116,7 @@ func Scan(dir string) (*Catalog, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("catalog: %w", err)
+		return nil, fmt.Errorf("catalog: %s: %w", dir, err)
 	}
 	// Longest names first: the entry of a backup of a .json file
 	// (x.json.json) claims its data file before x.json is read as an entry.
@@ -117,13 +127,13 @@ func Scan(dir string) (*Catalog, error) {
 			continue // the data file of another entry (a backup of a .json file)
 		}
 		data := strings.TrimSuffix(j, ".json")
-		b, reason := entry(j, data, files[data])
+		b, reason := entry(fsys, j, files[data], name)
 		claimed[j] = true
 		if files[data] != nil {
 			claimed[data] = true
 		}
 		if reason != "" {
-			c.Problems = append(c.Problems, Problem{j, reason})
+			c.Problems = append(c.Problems, Problem{name(j), reason})
 			continue
 		}
 		c.Backups = append(c.Backups, b)
@@ -132,9 +142,9 @@ func Scan(dir string) (*Catalog, error) {
 		switch {
 		case claimed[p]:
 		case isPartial(p):
-			c.Problems = append(c.Problems, Problem{p, "incomplete upload (temporary file)"})
+			c.Problems = append(c.Problems, Problem{name(p), "incomplete upload (temporary file)"})
 		default:
-			c.Unknown = append(c.Unknown, p)
+			c.Unknown = append(c.Unknown, name(p))
 		}
 	}
 	sort.Slice(c.Problems, func(i, j int) bool { return c.Problems[i].Path < c.Problems[j].Path })
@@ -172,11 +182,18 @@ func errText(err error) string {
 	return err.Error()
 }
 
-// entry reads one catalogue entry and checks its data file.
-func entry(jsonPath, data string, d fs.DirEntry) (*Backup, string) {
-	m, err := stream.ReadMeta(jsonPath)
+// entry reads one catalogue entry (relative path rel in fsys) and checks
+// its data file d.
+func entry(fsys fs.FS, rel string, d fs.DirEntry, name func(string) string) (*Backup, string) {
+	jsonPath, dataRel := name(rel), strings.TrimSuffix(rel, ".json")
+	data := name(dataRel)
+	raw, err := fs.ReadFile(fsys, rel)
 	if err != nil {
-		// ReadMeta's messages start with the path, which Problem carries.
+		return nil, "cannot read: " + errText(err)
+	}
+	m, err := stream.ParseMeta(jsonPath, raw)
+	if err != nil {
+		// ParseMeta's messages start with the path, which Problem carries.
 		return nil, "damaged catalogue entry: " + strings.TrimPrefix(errText(err), jsonPath+": ")
 	}
 	if d == nil {
@@ -277,14 +294,11 @@ func (c *Catalog) Sources() []Source {
 // Find returns the backup whose data file (or catalogue entry) is path.
 func (c *Catalog) Find(path string) (*Backup, bool) {
 	path = strings.TrimSuffix(filepath.Clean(path), ".json")
+	rel := filepath.Join(c.Dir, path) // a path relative to the catalogue's directory
 	for _, b := range c.Backups {
-		if b.Path == path {
+		if b.Path == path || b.Path == rel {
 			return b, true
 		}
-	}
-	// Relative to the catalogue's directory.
-	if !filepath.IsAbs(path) {
-		return c.Find(filepath.Join(c.Dir, path))
 	}
 	return nil, false
 }
@@ -332,3 +346,14 @@ func (c *Catalog) Chain(b *Backup) ([]*Backup, error) {
 }
 
 func day(t time.Time) string { return t.UTC().Format("2006-01-02") }
+
+// ScanRemote scans dir on the host behind conn over SFTP. dest is the
+// destination as the user wrote it ([user@]host): backups and problems are
+// named dest:path, the form stream.copy takes as a destination.
+func ScanRemote(conn *ssh.Conn, dest, dir string) (*Catalog, error) {
+	fsys, err := conn.FS(dir)
+	if err != nil {
+		return nil, err
+	}
+	return ScanFS(fsys, dest+":"+dir, func(rel string) string { return dest + ":" + path.Join(dir, rel) })
+}

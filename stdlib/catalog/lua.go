@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/bkrun/bkrun/runtime"
+	"github.com/bkrun/bkrun/stdlib/ssh"
+	"github.com/bkrun/bkrun/stdlib/stream"
 	lua "github.com/yuin/gopher-lua"
 )
 
@@ -31,10 +33,16 @@ A dump at level N is restored on top of the most recent earlier dump of the
 same source at a lower level, and so on down to level 0 (dump(8) semantics):
 with Tower-of-Hanoi levels 0 3 2 5 4 on days 1 to 5, the level 4 of day 5
 needs day 3 (level 2) and day 1 (level 0). cat:chain(path) returns that list.
-Scanning over SSH is not supported yet.`,
+
+catalog.scan("[user@]host:dir") reads a backup server's directory the same way
+over SFTP (nothing to install there); paths are then "[user@]host:path".`,
 	Funcs: []runtime.Func{
-		{Name: "scan", Sig: `catalog.scan(dir) -> cat`,
-			Doc: "Scan a local directory recursively. Raises only if dir cannot be read; damaged entries are listed by cat:problems(). cat.dir is the directory."},
+		{Name: "scan", Sig: `catalog.scan(dir [, {ssh=conn|{...}}]) -> cat`,
+			Doc: `Scan a directory recursively: a local one, or "[user@]host:dir" over SFTP
+(ssh is a connection from ssh.connect or a table of its options; without it a
+connection is made with ~/.ssh/config and closed after the scan). Raises only
+if dir cannot be read; damaged entries are listed by cat:problems(). cat.dir
+is the directory.`},
 		{Name: "cat:sources", Sig: `cat:sources() -> {{source=, backups={b, ...}}, ...}`,
 			Doc: "Backups grouped by source (sorted by name), newest first within each. Each b is {path=, kind=, source=, time= (Unix seconds, when the copy finished), date= (RFC 3339, UTC), size= (bytes of the source), bytes= (bytes of the file), level= (dumps; nil otherwise), base= (Unix seconds of the dump an incremental was taken against; nil if none), codec=, hash=, host=, extra=}."},
 		{Name: "cat:backups", Sig: `cat:backups() -> {b, ...}`,
@@ -164,9 +172,39 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 	}))
 	return runtime.Table(L, map[string]lua.LGFunction{
 		"scan": func(L *lua.LState) int {
-			c, err := Scan(runtime.CheckPath(L, 1, "catalog.scan"))
+			const fn = "catalog.scan"
+			dir := runtime.CheckPath(L, 1, fn)
+			o := runtime.OptsAt(L, 2, fn)
+			o.Has("ssh")
+			var sshV lua.LValue = lua.LNil
+			if t := o.Table(); t != nil {
+				sshV = t.RawGetString("ssh")
+			}
+			o.Done(false)
+			var c *Catalog
+			var err error
+			if dest, rdir, remote := stream.ParseRemote(dir); remote {
+				conn, ok := ssh.FromLua(sshV)
+				if !ok {
+					var opts ssh.Options
+					switch v := sshV.(type) {
+					case *lua.LNilType:
+					case *lua.LTable:
+						opts = ssh.OptionsOf(L, runtime.OptsOf(L, v, 2, fn+" option 'ssh'"), 2, fn+" option 'ssh'")
+					default:
+						runtime.ArgError(L, 2, fn, "option 'ssh': a connection (ssh.connect) or a table of ssh options expected, got "+v.Type().String())
+					}
+					if conn, err = ssh.Dial(h.Context(), dest, opts); err != nil {
+						runtime.Raise(L, fn, err)
+					}
+					defer conn.Close()
+				}
+				c, err = ScanRemote(conn, dest, rdir)
+			} else {
+				c, err = Scan(dir)
+			}
 			if err != nil {
-				runtime.Raise(L, "catalog.scan", err)
+				runtime.Raise(L, fn, err)
 			}
 			runtime.PushObject(L, c, catType)
 			return 1

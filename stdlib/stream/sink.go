@@ -45,6 +45,12 @@ func ReadMeta(path string) (*Meta, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ParseMeta(path, b)
+}
+
+// ParseMeta checks a catalogue entry read from name (a local path, or a
+// remote one for catalogues scanned over SSH).
+func ParseMeta(path string, b []byte) (*Meta, error) {
 	var m Meta
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("%s: not a bkrun catalogue file: %w", path, err)

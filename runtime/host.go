@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/bkrun/bkrun/internal/libs"
 	lua "github.com/yuin/gopher-lua"
 )
 
@@ -49,6 +50,9 @@ type Host struct {
 	opts    Options
 	cleanup Cleanup
 	modules map[string]*Module
+	// locks and verified cache lib dirs' lock files and verified libraries (require.go).
+	locks    map[string]*libs.Lock
+	verified map[string]error
 
 	mu         sync.Mutex
 	base       context.Context
@@ -88,6 +92,7 @@ func New(opts Options) *Host {
 	h.L.SetContext(h.base)
 	h.openStdlibs()
 	h.setPackagePath()
+	h.installLoaders()
 	for _, m := range opts.Modules {
 		h.modules[m.Name] = m
 		h.L.PreloadModule(m.Name, h.loader(m))
@@ -314,6 +319,10 @@ func SearchPath(scriptDir string) []string {
 func (h *Host) FindLibrary(name string) (string, bool) {
 	if _, ok := h.modules[name]; ok {
 		return "native module " + name, true
+	}
+	if reserved(name) {
+		_, ok := EmbeddedSource(name)
+		return "built-in library " + name, ok
 	}
 	pkg := h.L.GetGlobal("package").(*lua.LTable)
 	path := lua.LVAsString(h.L.GetField(pkg, "path"))

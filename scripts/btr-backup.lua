@@ -18,7 +18,8 @@ args = {
 }
 
 local exec, fs, log = require "exec", require "fs", require "log"
-local btrfs, retain = require "btrfs", require "retain"
+local btrfs = require "btrfs"
+local snapshots = require "bkrun.snapshots"
 
 local function where(source)
   local host, dir = source:match("^([%w%.%-]+):(.+)$")
@@ -46,20 +47,11 @@ function run(a)
     error(("rsync exited %d: the copy in %s is incomplete; no snapshot taken"):format(r.status, cur), 0)
   end
 
-  local snap = dest .. "/" .. os.date("!%Y-%m-%dT%H:%M:%SZ")
+  local snap = dest .. "/" .. snapshots.stamp()
   btrfs.snapshot(cur, snap, {readonly = true})
   print("snapshot " .. snap)
 
   if bkrun.dry_run and not fs.exists(dest) then return end
-  local names = {}
-  for _, n in ipairs(fs.list(dest)) do
-    if n:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$") then names[#names + 1] = n end
-  end
-  for _, d in ipairs(retain.plan(names, a.keep)) do
-    if not d.keep then
-      btrfs.delete(dest .. "/" .. d.name)
-      print(("pruned %s (%s)"):format(d.name, d.reason))
-    end
-  end
+  snapshots.prune(fs.list(dest), a.keep, function(n) btrfs.delete(dest .. "/" .. n) end)
   lock:release()
 end

@@ -27,9 +27,7 @@ args = {
 }
 
 local btrfs, exec, fs, log = require "btrfs", require "exec", require "fs", require "log"
-local retain, ssh = require "retain", require "ssh"
-
-local STAMP = "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$"
+local dests, snapshots = require "bkrun.dest", require "bkrun.snapshots"
 
 -- A place to receive into: the local filesystem, or a host reached over SSH.
 local function local_dest(dir)
@@ -43,7 +41,7 @@ end
 
 -- Through "bkrun receive" (a forced command): receive and name in one step.
 local function receiver_dest(host, dir, a)
-  local c = ssh.connect(host, {port = a.port, identity = a.identity, known_hosts = a.known_hosts})
+  local c = dests.connect(host, a)
   local pending
   return {
     receive = function(src) pending = src return "" end,
@@ -54,7 +52,7 @@ local function receiver_dest(host, dir, a)
 end
 
 local function remote_dest(host, dir, a)
-  local c = ssh.connect(host, {port = a.port, identity = a.identity, known_hosts = a.known_hosts})
+  local c = dests.connect(host, a)
   local function sh(argv, opts) return c:exec(exec.quote(argv), opts) end
   return {
     receive = function(src)
@@ -74,7 +72,7 @@ local function remote_dest(host, dir, a)
 end
 
 function run(a)
-  local host, dir = a.dest:match("^([^/:]+):(.+)$")
+  local host, dir = dests.split(a.dest)
   local dest = local_dest(a.dest)
   if host then dest = (a.via == "receive" and receiver_dest or remote_dest)(host, dir, a) end
   local new, old = a.snapdir .. "/snapshot-new", a.snapdir .. "/snapshot-old"
@@ -87,7 +85,7 @@ function run(a)
   local parent = btrfs.is_subvolume(old) and old or nil
 
   local ok, err = pcall(function()
-    local stamp = os.date("!%Y-%m-%dT%H:%M:%SZ")
+    local stamp = snapshots.stamp()
     local got = dest.receive(btrfs.send(new, {parent = parent}))
     dest.rename(got, stamp)
     print(("sent %s as %s (%s)"):format(new, stamp, parent and "incremental" or "full"))
@@ -99,15 +97,6 @@ function run(a)
   if parent then btrfs.delete(old) end
   fs.rename(new, old)
 
-  local names = {}
-  for _, n in ipairs(dest.list()) do
-    if n:match(STAMP) then names[#names + 1] = n end
-  end
-  for _, d in ipairs(retain.plan(names, a.keep)) do
-    if not d.keep then
-      dest.delete(d.name)
-      print(("pruned %s (%s)"):format(d.name, d.reason))
-    end
-  end
+  snapshots.prune(dest.list(), a.keep, dest.delete)
   lock:release()
 end

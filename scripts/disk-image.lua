@@ -31,13 +31,14 @@ args = {
 }
 
 local disk, stream = require "disk", require "stream"
+local dests = require "bkrun.dest"
 
 function run(a)
   local src = disk.open(a.source, { offset = a.offset, length = a.length })
   local r = stream.copy {
     from = src, to = a.dest, codec = a.codec,
     overwrite = a.overwrite, verify = a.verify,
-    ssh = { port = a.port, identity = a.identity, known_hosts = a.known_hosts },
+    ssh = dests.ssh_options(a),
     via = a.via,
   }
   if r.dry_run then return end

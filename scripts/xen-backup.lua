@@ -28,21 +28,14 @@ args = {
 
 local vm, lvm, part = require "vm", require "lvm", require "part"
 local exec, fs, log = require "exec", require "fs", require "log"
-local retain, stream, ssh = require "retain", require "stream", require "ssh"
+local retain, stream = require "retain", require "stream"
+local dests = require "bkrun.dest"
 
 -- Partition types worth dumping: Linux filesystems (not swap, LVM, extended).
 local DUMPABLE = { ["0x83"] = true, ["linux"] = true }
 
 function run(a)
-  -- Where the dumps go: create DEST/DOMAIN there.
-  local host, rdir = a.dest:match("^([^/:]+):(.+)$")
-  local dir, conn = (rdir or a.dest) .. "/" .. a.domain, nil
-  if host then
-    conn = ssh.connect(host, { port = a.port, identity = a.identity, known_hosts = a.known_hosts })
-    conn:exec(exec.quote{ "mkdir", "-p", dir })
-  else
-    fs.mkdir(dir)
-  end
+  local dest = dests.mkdir(a.dest .. "/" .. a.domain, a)   -- where the dumps go: DEST/DOMAIN, made here or there
 
   local snap
   vm.paused(a.domain, { max = a.max_pause, driver = a.hypervisor }, function()
@@ -74,11 +67,10 @@ function run(a)
       end
       argv[#argv + 1] = part.attach(snap.path, p.index, { readonly = true })
       local ext = ({ lz4 = ".lz4", zstd = ".zst", none = "" })[a.codec]
-      local to = ("%s/%d.%s.dump%s"):format(dir, p.index, os.date("%m%d", now), ext)
       local r = stream.copy {
-        from = exec.stream(argv), to = host and (host .. ":" .. to) or to, codec = a.codec,
-        overwrite = a.overwrite, ssh = conn,
-        verify = not host,             -- a local dump is decoded and hash-checked before the rename
+        from = exec.stream(argv), to = dest:path(("%d.%s.dump%s"):format(p.index, os.date("%m%d", now), ext)),
+        codec = a.codec, overwrite = a.overwrite, ssh = dest.conn,
+        verify = not dest.host,        -- a local dump is decoded and hash-checked before the rename
         meta = { domain = a.domain, partition = p.index, level = lvl, base = base or 0 },
       }
       if not r.dry_run then

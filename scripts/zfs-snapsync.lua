@@ -15,7 +15,8 @@ args = {
   { name = "keep", default = "1d 60d", help = "retention of bkrun-* snapshots on both sides" },
 }
 
-local zfs, retain, log = require "zfs", require "retain", require "log"
+local zfs = require "zfs"
+local snapshots = require "bkrun.snapshots"
 
 local PREFIX = "bkrun-"
 
@@ -27,20 +28,12 @@ local function names(dataset)
 end
 
 local function prune(dataset, keep, protect)
-  local mine = {}
-  for _, n in ipairs(names(dataset)) do
-    if n:sub(1, #PREFIX) == PREFIX then mine[#mine + 1] = n end
-  end
-  for _, d in ipairs(retain.plan(mine, keep)) do
-    if not d.keep and d.name ~= protect then
-      zfs.destroy(dataset .. "@" .. d.name)
-      print(("pruned %s@%s (%s)"):format(dataset, d.name, d.reason))
-    end
-  end
+  snapshots.prune(names(dataset), keep, function(n) zfs.destroy(dataset .. "@" .. n) end,
+    { prefix = PREFIX, protect = protect, label = dataset .. "@" })
 end
 
 function run(a)
-  local stamp = PREFIX .. os.date("!%Y-%m-%dT%H:%M:%SZ")
+  local stamp = PREFIX .. snapshots.stamp()
   local have = {}
   for _, n in ipairs(names(a.target)) do have[n] = true end
   local base

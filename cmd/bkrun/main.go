@@ -5,6 +5,7 @@
 //	bkrun [flags] -                     run a script read from standard input
 //	bkrun                               interactive REPL (on a terminal)
 //	bkrun help [MODULE|MODULE.FUNC|RECIPE.lua]
+//	bkrun lib install|list|update|remove|verify
 //	bkrun version
 package main
 
@@ -51,6 +52,7 @@ const usageText = `Usage:
   bkrun [flags]                        interactive REPL on a terminal (stdin script otherwise)
   bkrun help [MODULE | MODULE.FUNC | RECIPE.lua]
   bkrun check RECIPE.lua...            parse and validate recipes without running them
+  bkrun lib install|list|update|remove|verify   recipe libraries with a lock file (bkrun lib help)
   bkrun version
   bkrun receive --root DIR [--overwrite]  upload receiver for an SSH forced command (docs/RECEIVE.md)
 
@@ -102,6 +104,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return receiveMain(rest[1:], stdin, stdout, stderr)
 		case "check":
 			return check(rest[1:], stdout, stderr)
+		case "lib":
+			return libMain(rest[1:], stdout, stderr)
 		case "version":
 			fmt.Fprintf(stdout, "bkrun %s (%s, gopher-lua Lua 5.1, %s/%s)\n", runtime.Version, goruntime.Version(), goruntime.GOOS, goruntime.GOARCH)
 			return runtime.ExitOK

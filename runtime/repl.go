@@ -31,6 +31,14 @@ type REPLConfig struct {
 	Stderr io.Writer
 	// Verbose adds the Lua traceback to errors.
 	Verbose bool
+	// Banner is printed before the first prompt (after the version line
+	// on a terminal): what a specialised session such as bkrun recover
+	// has loaded and how to use it.
+	Banner string
+	// Strings, when set, completes inside a string literal: it returns
+	// the candidates (such as the paths of a catalogue's backups) and the
+	// completer keeps those that start with what is typed.
+	Strings func() []string
 }
 
 const (
@@ -69,7 +77,7 @@ func (h *Host) REPL(cfg REPLConfig) error {
 	}
 	loop := &replLoop{h: h, stdout: cfg.Stdout, stderr: cfg.Stderr, verbose: cfg.Verbose}
 	if term.IsTerminal(int(cfg.Stdin.Fd())) {
-		r, err := newReadlineReader(cfg, &completer{h: h})
+		r, err := newReadlineReader(cfg, &completer{h: h, strings: cfg.Strings})
 		if err != nil {
 			return fmt.Errorf("repl: %w", err)
 		}
@@ -77,6 +85,9 @@ func (h *Host) REPL(cfg REPLConfig) error {
 		fmt.Fprintf(cfg.Stdout, "bkrun %s (Lua 5.1). Ctrl-D leaves, Ctrl-C stops a statement, Tab completes.\n", Version)
 	} else {
 		loop.in = newPlainReader(cfg.Stdin, cfg.Stdout)
+	}
+	if cfg.Banner != "" {
+		fmt.Fprint(cfg.Stdout, strings.TrimRight(cfg.Banner, "\n")+"\n")
 	}
 	defer loop.in.Close()
 	// A SIGTERM cancels the run; if it comes while we wait at the prompt,
@@ -380,7 +391,10 @@ func (p *plainReader) Close() error {
 // only while the loop is blocked in Readline, so the state is never used
 // by two goroutines at once, and the channel hand-offs inside readline
 // order the accesses.
-type completer struct{ h *Host }
+type completer struct {
+	h       *Host
+	strings func() []string // REPLConfig.Strings
+}
 
 // Do implements readline.AutoCompleter: candidates are returned as the
 // text to insert after what is typed, and the length is what they share
@@ -388,7 +402,7 @@ type completer struct{ h *Host }
 func (c *completer) Do(line []rune, pos int) ([][]rune, int) {
 	word, ok := chainBefore(line[:pos])
 	if !ok {
-		return nil, 0
+		return c.inString(line[:pos])
 	}
 	prefix, names := c.h.completions(word)
 	out := make([][]rune, 0, len(names))
@@ -396,6 +410,26 @@ func (c *completer) Do(line []rune, pos int) ([][]rune, int) {
 		out = append(out, []rune(n[len(prefix):]))
 	}
 	return out, len([]rune(prefix))
+}
+
+// inString completes the string literal open at the end of line with the
+// session's candidates.
+func (c *completer) inString(line []rune) ([][]rune, int) {
+	if c.strings == nil {
+		return nil, 0
+	}
+	start := len(line)
+	for start > 0 && line[start-1] != '"' && line[start-1] != '\'' {
+		start--
+	}
+	typed := string(line[start:])
+	var out [][]rune
+	for _, cand := range c.strings() {
+		if strings.HasPrefix(cand, typed) && cand != typed {
+			out = append(out, []rune(cand[len(typed):]))
+		}
+	}
+	return out, len([]rune(typed))
 }
 
 // chainBefore returns the a.b.c or a.b:c text that ends at the end of

@@ -388,7 +388,9 @@ func TestCompletionOfFields(t *testing.T) {
 func TestCompleterDo(t *testing.T) {
 	opens := 0
 	r := newREPLRun(t, fakeModule(&opens))
-	c := &completer{h: r.h}
+	c := &completer{h: r.h, strings: func() []string {
+		return []string{"master/1.1101.dump.lz4", "master/1.1105.dump.lz4"}
+	}}
 	for _, tc := range []struct {
 		line string
 		pos  int // -1: end of line
@@ -398,8 +400,11 @@ func TestCompleterDo(t *testing.T) {
 		{"x = fakemod.ou", -1, []string{"tline", "tput"}, 2},
 		{"fakemod.ou + 1", len("fakemod.ou"), []string{"tline", "tput"}, 2},
 		{"print(tostr", -1, []string{"ing"}, 5},
-		{`print("fakemod.ou`, -1, nil, 0}, // inside a string
+		{`print("fakemod.ou`, -1, nil, 10}, // inside a string: no session string matches
 		{`print("a", fakemod.ru`, -1, []string{"n"}, 2},
+		{`verify("master/1.11`, -1, []string{"01.dump.lz4", "05.dump.lz4"}, 11}, // session strings
+		{`verify('ma`, -1, []string{"ster/1.1101.dump.lz4", "ster/1.1105.dump.lz4"}, 2},
+		{`verify("master/1.1101.dump.lz4`, -1, nil, 22},
 	} {
 		line := []rune(tc.line)
 		pos := tc.pos

@@ -121,8 +121,11 @@ func (h *Host) findFile(name string) (file, dir, msg string) {
 		if st.IsDir() {
 			continue
 		}
-		d, _, _ := strings.Cut(t, "?")
-		return p, filepath.Clean(d), ""
+		d, _, found := strings.Cut(t, "?")
+		if !found {
+			return p, "", ""
+		}
+		return p, filepath.Dir(d + "x"), ""
 	}
 	return "", "", strings.Join(msgs, "\n\t")
 }
@@ -132,6 +135,9 @@ func (h *Host) findFile(name string) (file, dir, msg string) {
 // is verified once per host and p's content, the bytes that will be run,
 // must match its lock entry.
 func (h *Host) readChecked(name, p, dir string) ([]byte, error) {
+	if dir == "" {
+		return os.ReadFile(p)
+	}
 	lk, err := h.lockOf(dir)
 	if err != nil {
 		return nil, fmt.Errorf("require %q: %w", name, err)

@@ -184,6 +184,11 @@ func Update(ctx context.Context, dir, name string) (*Result, error) {
 
 // Remove deletes dir/name and its lock entry.
 func Remove(dir, name string) error {
+	if lk, err := ReadLock(dir); err != nil {
+		return err
+	} else if _, ok := lk.Libraries[name]; !ok {
+		return fmt.Errorf("no library %s in %s", name, dir)
+	}
 	unlock, err := lockDir(dir)
 	if err != nil {
 		return err

@@ -92,14 +92,13 @@ var linuxTypes = map[string]bool{"linux": true, "linux-root-x86-64": true, "linu
 // read-only on a temporary directory (ext2/3/4 with -o ro,noload, so a
 // dirty journal is not replayed). Whatever was set up is undone by Close,
 // and by Attach itself when a later step fails: nothing is left attached.
-func Attach(ctx context.Context, path string, o Options) (m *Mount, err error) {
-	m = &Mount{Partition: o.Partition}
+func Attach(ctx context.Context, path string, o Options) (_ *Mount, err error) {
+	m := &Mount{Partition: o.Partition}
 	defer func() {
 		if err != nil {
 			if cerr := m.Close(); cerr != nil {
 				err = fmt.Errorf("%w (and undoing: %v)", err, cerr)
 			}
-			m = nil
 		}
 	}()
 	log := o.log()

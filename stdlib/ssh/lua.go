@@ -58,7 +58,8 @@ directory, or an existing path without overwrite=true, is refused before
 anything is written. file:abort() removes it; the clean-up stack removes an
 uncommitted file at the end of the run, over a new connection if the old one
 died. Fields: file.path, file.temp, file.written, file.done. Under --dry-run
-the action is printed and nil returned.`},
+the action is printed and a stand-in returned that stream.copy and conn:exec
+accept without writing anything.`},
 		{Name: "conn:open", Sig: "conn:open(path) -> source",
 			Doc: `Open a remote regular file for reading over SFTP: a source for
 stream.copy{from = ...} (e.g. pull a remote image into a local compressed

@@ -112,18 +112,27 @@ func TestLuaDryRun(t *testing.T) {
 		assert(c:output("echo x") == "")
 		assert(c:output("echo read-only", {safe = true}) == "read-only")
 		assert(c:exec("echo safe", {safe = true}).stdout == "safe\n")
+		local f = c:create("`+dir+`/out")
+		assert(f.path == "`+dir+`/out")
+		c:exec("echo x", {stdout = f})
+		f:commit(); f:abort()
 	`, "dry", nil)
 	if err != nil {
 		t.Fatal(runtime.Describe(err, true))
 	}
 	want := "[dry-run] ssh.connect " + s.Dest() + " (connecting for real: a connection changes nothing)\n" +
 		"[dry-run] ssh " + s.Dest() + ": touch " + dir + "/made\n" +
+		"[dry-run] ssh " + s.Dest() + ": echo x\n" +
+		"[dry-run] ssh " + s.Dest() + ": create " + dir + "/out (temporary name, renamed on commit)\n" +
 		"[dry-run] ssh " + s.Dest() + ": echo x\n"
 	if out.String() != want {
 		t.Errorf("dry-run output:\n%s\nwant:\n%s", out, want)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "made")); err == nil {
 		t.Error("dry run ran the command")
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("dry run wrote %v", ents)
 	}
 	h.RunCleanup()
 }

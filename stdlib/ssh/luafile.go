@@ -21,6 +21,7 @@ const (
 type luaFile struct {
 	f    *RemoteFile
 	step *runtime.Step
+	dry  bool // made under --dry-run: names the file, writes nothing
 }
 
 // FileFromLua returns the remote file inside a conn:create userdata.
@@ -38,6 +39,9 @@ func (b *binding) fileMetatables(L *lua.LState) {
 	fileMethods := map[string]*lua.LFunction{
 		"commit": L.NewFunction(func(L *lua.LState) int {
 			lf := checkFile(L, "file:commit")
+			if lf.dry {
+				return 0
+			}
 			err := lf.f.Commit()
 			lf.step.Cancel()
 			if err != nil {
@@ -47,6 +51,9 @@ func (b *binding) fileMetatables(L *lua.LState) {
 		}),
 		"abort": L.NewFunction(func(L *lua.LState) int {
 			lf := checkFile(L, "file:abort")
+			if lf.dry {
+				return 0
+			}
 			err := lf.f.Abort()
 			lf.step.Cancel()
 			if err != nil {
@@ -133,8 +140,10 @@ func (b *binding) create(L *lua.LState) int {
 	overwrite := o.Bool("overwrite", false)
 	o.Done(false)
 	if b.h.DryRun() {
+		// A stand-in that stream.copy and conn:exec accept (and print)
+		// without writing anything.
 		b.h.DryRunf("ssh %s: create %s (temporary name, renamed on commit)", lc.c, p)
-		L.Push(lua.LNil)
+		runtime.PushObject(L, &luaFile{f: &RemoteFile{c: lc.c, Path: p, overwrite: overwrite}, dry: true}, fileType)
 		return 1
 	}
 	f, err := lc.c.Create(p, overwrite)

@@ -198,3 +198,18 @@ func (h *Host) lockOf(dir string) (*libs.Lock, error) {
 	h.locks[dir] = lk
 	return lk, nil
 }
+
+// VerifyLibrary checks what require name would load against its lock,
+// without running it (bkrun check): nil for native modules, built-in
+// libraries, unlocked files and names that do not resolve.
+func (h *Host) VerifyLibrary(name string) error {
+	if _, ok := h.modules[name]; ok || reserved(name) {
+		return nil
+	}
+	p, dir, _ := h.findFile(name)
+	if p == "" {
+		return nil
+	}
+	_, err := h.readChecked(name, p, dir)
+	return err
+}

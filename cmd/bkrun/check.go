@@ -22,6 +22,13 @@ func check(paths []string, stdout, stderr io.Writer) int {
 		if err == nil {
 			h := runtime.New(runtime.Options{Modules: modules(), ScriptDir: runtime.ScriptDirOf(p)})
 			err = h.CheckRequires(r)
+			for _, q := range r.Requires {
+				if err == nil {
+					if verr := h.VerifyLibrary(q.Name); verr != nil {
+						err = fmt.Errorf("%s:%d: %w", p, q.Line, verr)
+					}
+				}
+			}
 			h.Close()
 		}
 		if err != nil {

@@ -95,6 +95,9 @@ func TestLibGitLifecycle(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, want) || r.stdout != "" {
 		t.Fatalf("tampered recipe: %+v\nwant %q", r, want)
 	}
+	if r = bkrunEnv(t, env, "", "check", recipe); r.code != 2 || !strings.Contains(r.stderr, recipe+":1: require \"hanoi\": "+want) {
+		t.Fatalf("check of a tampered library: %+v", r)
+	}
 	r = bkrunEnv(t, env, "", "lib", "verify")
 	if r.code != 1 || !strings.Contains(r.stderr, "hanoi at "+filepath.Join(libDir, "hanoi")+" does not match its lock: table.lua changed") {
 		t.Fatalf("verify: %+v", r)

@@ -60,9 +60,12 @@ func hash5(u uint64) uint32 {
 	return uint32(((u << 24) * prime5) >> (64 - hashLog))
 }
 
-func load32(b []byte, i int) uint32     { return binary.LittleEndian.Uint32(b[i:]) }
-func load64(b []byte, i int) uint64     { return binary.LittleEndian.Uint64(b[i:]) }
-func store64(b []byte, i int, v uint64) { binary.LittleEndian.PutUint64(b[i:], v) }
+// Loads and stores slice [i:i+k] rather than [i:]: the compiler then
+// checks i+k against the capacity once, without the pointer masking and
+// spilled capacity that an open-ended [i:] costs in the hot loops.
+func load32(b []byte, i int) uint32     { return binary.LittleEndian.Uint32(b[i : i+4]) }
+func load64(b []byte, i int) uint64     { return binary.LittleEndian.Uint64(b[i : i+8]) }
+func store64(b []byte, i int, v uint64) { binary.LittleEndian.PutUint64(b[i:i+8], v) }
 
 // CompressBound is the largest encoding of n bytes (C LZ4's
 // LZ4_COMPRESSBOUND). Compress needs that much room after len(dst) to work
@@ -172,22 +175,20 @@ func compress(out, src []byte, t *[tableSize]uint32) int {
 		} else {
 			out[token] = byte(litLen << 4)
 		}
-		if litLen <= 32 {
-			// Short runs (most of them in text): 8 bytes at a time,
-			// overshooting by up to 7 bytes that the next writes
-			// overwrite. The check above left room for them in out
-			// (offset + end of block), and src extends past ip by 12.
-			for i := 0; i < litLen; i += 8 {
-				store64(out, d+i, load64(src, anchor+i))
-			}
-			d += litLen
-		} else {
-			d += copy(out[d:], src[anchor:ip])
+		// Copy the literals 8 bytes at a time, overshooting by up to 7
+		// bytes that the following writes overwrite: the check above left
+		// room for them in out (offset and end of block), and src extends
+		// at least 12 bytes past ip. A loop rather than copy: a call
+		// would make the compiler keep every live value on the stack
+		// across it, slowing the whole loop.
+		for i := 0; i < litLen; i += 8 {
+			store64(out, d+i, load64(src, anchor+i))
 		}
+		d += litLen
 
 		// The match, and any match that starts right where it ends.
 		for {
-			binary.LittleEndian.PutUint16(out[d:], uint16(ip-match))
+			binary.LittleEndian.PutUint16(out[d:d+2], uint16(ip-match))
 			d += 2
 
 			ml := matchLen(src, ip+minMatch, match+minMatch, len(src)-lastLiterals)

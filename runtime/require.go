@@ -90,6 +90,13 @@ func (h *Host) loadFile(L *lua.LState) int {
 	if err != nil {
 		L.RaiseError("%s", err.Error())
 	}
+	if len(src) > 0 && src[0] == '#' { // a #! line, skipped as lua.LoadFile does
+		if i := strings.IndexByte(string(src), '\n'); i >= 0 {
+			src = src[i:]
+		} else {
+			src = nil
+		}
+	}
 	fn, err := L.Load(strings.NewReader(string(src)), p)
 	if err != nil {
 		L.RaiseError("%s", err.Error())

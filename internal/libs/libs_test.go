@@ -95,6 +95,9 @@ func TestTarballInstallStripsTopDir(t *testing.T) {
 	if r.Name != "hanoi" || !strings.HasPrefix(r.Entry.Revision, "sha256:") || r.Entry.Kind != "tar" {
 		t.Fatalf("%+v %+v", r, r.Entry)
 	}
+	if b, _ := os.ReadFile(tgz); r.Entry.Revision != "sha256:"+Hash(b) {
+		t.Fatalf("revision %s is not the tarball's sha256", r.Entry.Revision)
+	}
 	if len(r.Entry.Files) != 2 || r.Entry.Files["sub/x.lua"] != Hash([]byte("return 1\n")) {
 		t.Fatalf("files %v", r.Entry.Files)
 	}

@@ -126,31 +126,10 @@ func compress(out, src []byte, t *[tableSize]uint32) int {
 	cur := load64(src, ip) // the 8 bytes at ip
 
 	for {
-		// Search for a 4-byte match, probing one position per step;
-		// the step grows by one every 2^skipTrigger misses. This is C
-		// LZ4's loop with its step sequence (1, 1, ..., 2, ...), so the
-		// output is byte-identical to LZ4_compress_fast's. cur holds the
-		// bytes at ip, loaded once for both the hash and the compare.
 		var match int
-		{
-			forwardIP := ip + 1
-			searchMatchNb := 1 << skipTrigger
-			for {
-				if forwardIP > mflimitPlusOne {
-					goto lastLits
-				}
-				next := load64(src, forwardIP)
-				h := hash5(cur) & (tableSize - 1)
-				match = int(t[h])
-				t[h] = uint32(ip)
-				// Entries are earlier positions, so match < ip.
-				if ip-match <= maxOffset && load32(src, match) == uint32(cur) {
-					break
-				}
-				ip, cur = forwardIP, next
-				forwardIP += searchMatchNb >> skipTrigger
-				searchMatchNb++
-			}
+		ip, match = search(src, t, ip, cur)
+		if ip < 0 {
+			goto lastLits
 		}
 
 		// Extend the match backwards into the pending literals.
@@ -191,8 +170,29 @@ func compress(out, src []byte, t *[tableSize]uint32) int {
 			binary.LittleEndian.PutUint16(out[d:d+2], uint16(ip-match))
 			d += 2
 
-			ml := matchLen(src, ip+minMatch, match+minMatch, len(src)-lastLiterals)
-			ip += minMatch + ml
+			// Extend the match forwards 8 bytes at a time: the lowest
+			// differing bit gives the length in the last word. The match
+			// ends 5 bytes before the end of the block at the latest.
+			// Written out here: as a function it exceeds the inlining
+			// budget, and a call spills the loop's state.
+			a, b := ip+minMatch, match+minMatch
+			for {
+				if a > len(src)-lastLiterals-8 || a < 0 {
+					for a < len(src)-lastLiterals && src[a] == src[b] {
+						a++
+						b++
+					}
+					break
+				}
+				if x := load64(src, a) ^ load64(src, b); x != 0 {
+					a += bits.TrailingZeros64(x) >> 3
+					break
+				}
+				a += 8
+				b += 8
+			}
+			ml := a - ip - minMatch
+			ip = a
 			if ml >= 15 {
 				out[token] += 15
 				d = putLength(out, d, ml-15)
@@ -243,6 +243,42 @@ lastLits:
 	return d
 }
 
+// search looks for a 4-byte match from ip on, cur holding the 8 bytes at
+// ip, and returns the position and its earlier occurrence, or ip < 0 when
+// there is none before the end of the block. It probes one position per
+// step; the step grows by one every 2^skipTrigger misses. This is C LZ4's
+// loop with its step sequence (1, 1, ..., 2, ...), so the output is
+// byte-identical to LZ4_compress_fast's.
+//
+// It is a function of its own, not inlined, so that its few values stay in
+// registers: within compress, the register allocator spills and shuffles
+// the output state on every probe.
+//
+//go:noinline
+func search(src []byte, t *[tableSize]uint32, ip int, cur uint64) (int, int) {
+	limit := len(src) - mfLimit + 1
+	forwardIP := ip + 1
+	searchMatchNb := 1 << skipTrigger
+	for {
+		// forwardIP >= 0 always holds; stating it lets the compiler drop
+		// the bounds checks of the load below.
+		if forwardIP > limit || forwardIP < 0 {
+			return -1, 0
+		}
+		next := load64(src, forwardIP)
+		h := hash5(cur) & (tableSize - 1)
+		match := int(t[h])
+		t[h] = uint32(ip)
+		// Entries are earlier positions, so match < ip.
+		if ip-match <= maxOffset && load32(src, match) == uint32(cur) {
+			return ip, match
+		}
+		ip, cur = forwardIP, next
+		forwardIP += searchMatchNb >> skipTrigger
+		searchMatchNb++
+	}
+}
+
 // putLength writes the extension bytes of a literal or match length whose
 // token nibble is 15: v-... as 255s and a final byte below 255.
 func putLength(out []byte, d, v int) int {
@@ -253,24 +289,4 @@ func putLength(out []byte, d, v int) int {
 	}
 	out[d] = byte(v)
 	return d + 1
-}
-
-// matchLen returns how many bytes src[a:] and src[b:] have in common,
-// b < a, stopping at limit for a. It compares 8 bytes at a time: the
-// position of the first differing bit gives the length in the last word.
-func matchLen(src []byte, a, b, limit int) int {
-	start := a
-	for a+8 <= limit {
-		x := load64(src, a) ^ load64(src, b)
-		if x != 0 {
-			return a - start + bits.TrailingZeros64(x)>>3
-		}
-		a += 8
-		b += 8
-	}
-	for a < limit && src[a] == src[b] {
-		a++
-		b++
-	}
-	return a - start
 }

@@ -55,9 +55,11 @@ type State struct {
 	table [tableSize]uint32
 }
 
-// hash5 maps the low 5 bytes of u to a table index (< tableSize).
-func hash5(u uint64) uint32 {
-	return uint32(((u << 24) * prime5) >> (64 - hashLog))
+// hash5 maps the low 5 bytes of u to a table index (< tableSize). It
+// returns a uint straight from the shift so that the compiler knows the
+// range and indexes the table without a mask or a bounds check.
+func hash5(u uint64) uint {
+	return uint(((u << 24) * prime5) >> (64 - hashLog))
 }
 
 // Loads and stores slice [i:i+k] rather than [i:]: the compiler then
@@ -206,12 +208,12 @@ func compress(out, src []byte, t *[tableSize]uint32) int {
 
 			// Index a position inside the match (ip-2), as C LZ4 does:
 			// it is the likeliest start of a later repeat of this text.
-			t[hash5(load64(src, ip-2))&(tableSize-1)] = uint32(ip - 2)
+			t[hash5(load64(src, ip-2))] = uint32(ip - 2)
 
 			// Test the match end itself: runs of matches (repeated
 			// records, long runs) skip the search loop entirely.
 			cur = load64(src, ip)
-			h := hash5(cur) & (tableSize - 1)
+			h := hash5(cur)
 			match = int(t[h])
 			t[h] = uint32(ip)
 			if ip-match > maxOffset || load32(src, match) != uint32(cur) {
@@ -266,7 +268,7 @@ func search(src []byte, t *[tableSize]uint32, ip int, cur uint64) (int, int) {
 			return -1, 0
 		}
 		next := load64(src, forwardIP)
-		h := hash5(cur) & (tableSize - 1)
+		h := hash5(cur)
 		match := int(t[h])
 		t[h] = uint32(ip)
 		// Entries are earlier positions, so match < ip.

@@ -41,6 +41,11 @@ type Cmd struct {
 	Capture     bool          // capture stdout; otherwise it goes to Stdout
 	Stdout      io.Writer     // where uncaptured stdout goes (nil: discarded)
 	Stderr      io.Writer     // stderr is copied here as well as kept for errors (nil: kept only)
+	// NoTTY runs the command in a new session, without a controlling
+	// terminal: a tool that would prompt on /dev/tty (restore asking for
+	// the next volume) reads end of file and fails instead of waiting for
+	// an answer or stopping on SIGTTIN in the background.
+	NoTTY bool
 }
 
 // Result is what a finished command reports.
@@ -183,6 +188,10 @@ func Run(ctx context.Context, c Cmd) (Result, error) {
 		cmd.Stderr = io.MultiWriter(&stderr, c.Stderr)
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if c.NoTTY {
+		// A new session is also a new process group (pgid = pid).
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 
 	start := time.Now()
 	if err := cmd.Start(); err != nil {

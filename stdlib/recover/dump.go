@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/bkrun/bkrun/stdlib/catalog"
 	"github.com/bkrun/bkrun/stdlib/exec"
@@ -17,12 +18,34 @@ import (
 )
 
 // feed runs c with the decoded bytes of backup b on its standard input.
-// The whole backup is always decoded and checked against its hash, even
-// when the command stops reading early (restore stops at the end of the
-// archive): a corrupt backup is reported as such, before the command's own
-// failure, which it most likely caused.
 func feed(ctx context.Context, b *catalog.Backup, c exec.Cmd, label string, o Options) (stream.Stats, error) {
-	pr, pw := io.Pipe()
+	return feedAll(ctx, b, []exec.Cmd{c}, label, o)
+}
+
+// feedAll decodes backup b once and feeds the bytes to every command at
+// the same time, each on its standard input. The commands run without a
+// controlling terminal (restore would otherwise ask on /dev/tty for a next
+// volume when an archive ends early). The whole backup is always decoded
+// and checked against its hash, even when the commands stop reading early
+// (restore -t stops after the directories): a corrupt backup is reported
+// as such, before a command's failure, which it most likely caused.
+func feedAll(ctx context.Context, b *catalog.Backup, cmds []exec.Cmd, label string, o Options) (stream.Stats, error) {
+	dctx, stop := context.WithCancel(ctx)
+	defer stop()
+	prs := make([]*io.PipeReader, len(cmds))
+	pws := make([]*io.PipeWriter, len(cmds))
+	missing := make([]*notOnTape, len(cmds))
+	for i := range cmds {
+		prs[i], pws[i] = io.Pipe()
+		cmds[i].StdinReader = prs[i]
+		cmds[i].NoTTY = true
+		missing[i] = &notOnTape{}
+		if cmds[i].Stderr != nil {
+			cmds[i].Stderr = io.MultiWriter(cmds[i].Stderr, missing[i])
+		} else {
+			cmds[i].Stderr = missing[i]
+		}
+	}
 	var (
 		st   stream.Stats
 		derr error
@@ -31,37 +54,100 @@ func feed(ctx context.Context, b *catalog.Backup, c exec.Cmd, label string, o Op
 	set, finish := o.progress(label, b.Size)
 	go func() {
 		defer close(done)
-		discard := false
-		st, derr = stream.Decode(ctx, b.Path, b.Meta, func(block []byte, _ bool) error {
-			if discard {
-				return nil
-			}
-			if _, err := pw.Write(block); err != nil {
-				if errors.Is(err, io.ErrClosedPipe) {
-					discard = true // the command is done; the rest is only checked
-					return nil
+		dead := make([]bool, len(cmds))
+		st, derr = stream.Decode(dctx, b.Path, b.Meta, func(block []byte, _ bool) error {
+			for i, pw := range pws {
+				if dead[i] {
+					continue
 				}
-				return err
+				if _, err := pw.Write(block); err != nil {
+					if !errors.Is(err, io.ErrClosedPipe) {
+						return err
+					}
+					dead[i] = true // that command is done; the rest is only checked
+				}
 			}
 			return nil
 		}, set)
-		pw.CloseWithError(derr)
+		for _, pw := range pws {
+			pw.CloseWithError(derr)
+		}
 	}()
-	c.StdinReader = pr
-	_, rerr := exec.Run(ctx, c)
-	pr.Close()
+	rerrs := make([]error, len(cmds))
+	var wg sync.WaitGroup
+	for i := range cmds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := exec.Run(ctx, cmds[i])
+			prs[i].Close()
+			var ee *exec.Error
+			var ie *exec.InputError
+			if err != nil && !errors.As(err, &ee) && !errors.As(err, &ie) {
+				// Not run (not installed) or interrupted: checking the
+				// rest of the backup would tell nothing more.
+				stop()
+			}
+			rerrs[i] = err
+		}()
+	}
+	wg.Wait()
 	<-done
+	rerr := errors.Join(rerrs...)
 	finish(derr == nil && rerr == nil)
+	for i, err := range rerrs {
+		var ee *exec.Error
+		var ie *exec.InputError
+		if err != nil && !errors.As(err, &ee) && !errors.As(err, &ie) {
+			return st, fmt.Errorf("%s: %s: %w", b.Path, exec.Quote(cmds[i].Argv), err)
+		}
+	}
 	if derr != nil {
 		if errors.Is(derr, stream.ErrCorrupt) {
 			return st, derr // names the backup already
 		}
 		return st, fmt.Errorf("%s: %w", b.Path, derr)
 	}
-	if rerr != nil {
-		return st, fmt.Errorf("%s: %s: %w", b.Path, exec.Quote(c.Argv), rerr)
+	for i, err := range rerrs {
+		if err != nil {
+			return st, fmt.Errorf("%s: %s: %w", b.Path, exec.Quote(cmds[i].Argv), err)
+		}
+	}
+	for i, m := range missing {
+		if m.n > 0 {
+			// restore reading a pipe exits 0 when the archive ends early.
+			return st, fmt.Errorf("%s: %s: the archive ends early: %d name(s) not found on tape (%s)", b.Path, exec.Quote(cmds[i].Argv), m.n, m.first)
+		}
 	}
 	return st, nil
+}
+
+// notOnTape counts restore's "NAME: (inode N) not found on tape" lines:
+// reading from a pipe, restore reports an archive that ends before the
+// files it announced that way, and still exits 0.
+type notOnTape struct {
+	partial []byte
+	n       int
+	first   string
+}
+
+func (w *notOnTape) Write(p []byte) (int, error) {
+	w.partial = append(w.partial, p...)
+	for {
+		i := bytes.IndexByte(w.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := string(w.partial[:i])
+		w.partial = w.partial[i+1:]
+		if strings.HasSuffix(line, " not found on tape") {
+			if w.n == 0 {
+				w.first = line
+			}
+			w.n++
+		}
+	}
+	return len(p), nil
 }
 
 // listing parses restore -t output ("   12\t./etc/fstab") as it arrives.
@@ -106,15 +192,32 @@ func scratchDir(dir, prefix string) (string, error) {
 }
 
 // listDump pipes one dump into restore -t and returns the names it lists.
-func listDump(ctx context.Context, b *catalog.Backup, o Options) ([]string, stream.Stats, error) {
+// With walk, the same decoded stream also goes through restore -x -N
+// (extract everything, write nothing), which reads the archive to its end:
+// restore -t stops after the directories and would pass a dump cut short.
+func listDump(ctx context.Context, b *catalog.Backup, walk bool, o Options) ([]string, stream.Stats, error) {
 	tmp, err := scratchDir(o.scratch(), "bkrun-restore-")
 	if err != nil {
 		return nil, stream.Stats{}, err
 	}
 	defer os.RemoveAll(tmp)
 	var l listing
-	o.log().Info("recover: listing dump", "backup", b.Path, "level", b.Level)
-	st, err := feed(ctx, b, exec.Cmd{Argv: []string{"restore", "-t", "-f", "-", "-T", tmp}, Stdout: &l}, "list", o)
+	o.log().Info("recover: listing dump", "backup", b.Path, "level", b.Level, "walk", walk)
+	cmds := []exec.Cmd{{Argv: []string{"restore", "-t", "-f", "-", "-T", tmp}, Stdout: &l}}
+	if walk {
+		// -o: restore sets the mode of its working directory, a private
+		// empty one; -N writes no file.
+		walkDir := filepath.Join(tmp, "walk")
+		if err := os.Mkdir(walkDir, 0o700); err != nil {
+			return nil, stream.Stats{}, err
+		}
+		cmds = append(cmds, exec.Cmd{Argv: []string{"restore", "-x", "-N", "-a", "-o", "-f", "-", "-T", tmp}, Dir: walkDir})
+	}
+	label := "list"
+	if walk {
+		label = "verify"
+	}
+	st, err := feedAll(ctx, b, cmds, label, o)
 	return l.names, st, err
 }
 
@@ -201,7 +304,7 @@ func chainListing(ctx context.Context, path string, o Options) ([]*catalog.Backu
 	}
 	newest := map[string]int{}
 	for i, b := range chain {
-		names, _, err := listDump(ctx, b, o)
+		names, _, err := listDump(ctx, b, false, o)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -1,6 +1,7 @@
 package recover
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bkrun/bkrun/stdlib/exec"
 	"github.com/bkrun/bkrun/stdlib/stream"
 )
 
@@ -230,9 +232,19 @@ func TestRestoreRefusesMismatchedBaseDate(t *testing.T) {
 func TestVerifyDump(t *testing.T) {
 	c := buildChain(t)
 	ctx := context.Background()
-	r, err := Verify(ctx, c.paths[0], Options{})
+	var labels []string
+	var last, total int64
+	var ended []bool
+	progress := func(label string, n int64) (func(int64), func(bool)) {
+		labels, total = append(labels, label), n
+		return func(done int64) { last = done }, func(ok bool) { ended = append(ended, ok) }
+	}
+	r, err := Verify(ctx, c.paths[0], Options{Progress: progress})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if strings.Join(labels, " ") != "verify" || last != r.Bytes || total != r.Bytes || len(ended) != 1 || !ended[0] {
+		t.Errorf("progress: %v %d/%d %v", labels, last, total, ended)
 	}
 	// The level 0 lists every name of day 1.
 	if r.Entries != len(c.states[0]) || r.Bytes == 0 || r.Kind != "dump" {
@@ -243,18 +255,40 @@ func TestVerifyDump(t *testing.T) {
 		t.Errorf("verify incremental: %+v %v", r4, err)
 	}
 	t.Logf("level 0: %d bytes, %d entries; level 4: %d bytes, %d entries", r.Bytes, r.Entries, r4.Bytes, r4.Entries)
+	if r.Header.Level != 0 || r4.Header.Level != 4 || !r4.Header.Base.After(r.Header.Date) {
+		t.Errorf("headers: %+v %+v", r.Header, r4.Header)
+	}
+	// A dump cut in the middle, stored with the hash of what is left: the
+	// stream checks out and restore -t, which stops after the directories,
+	// lists it; the walk (restore -x -N) finds it truncated.
+	b0, _, _ := Resolve(c.paths[0], Options{})
+	var whole bytes.Buffer
+	if _, err := stream.Decode(ctx, b0.Path, b0.Meta, func(block []byte, _ bool) error { whole.Write(block); return nil }, nil); err != nil {
+		t.Fatal(err)
+	}
+	cutDir := filepath.Join(t.TempDir(), "vm")
+	os.Mkdir(cutDir, 0o755)
+	cut := filepath.Join(cutDir, "1.1101.dump.lz4")
+	writeBackup(t, bytes.NewReader(whole.Bytes()[:whole.Len()/2]), cut, "lz4", "", day1,
+		map[string]any{"domain": "vm", "partition": float64(1), "level": float64(0), "base": 0.0})
+	_, err = Verify(ctx, cut, Options{})
+	if err == nil || !strings.Contains(err.Error(), cut+": restore -x -N -a -o -f - -T ") || !strings.Contains(err.Error(), "the archive ends early: ") || !strings.Contains(err.Error(), "not found on tape") {
+		t.Errorf("truncated archive: %v", err)
+	} else {
+		t.Logf("truncated archive: %v", err)
+	}
 	flip(t, c.paths[0])
 	_, err = Verify(ctx, c.paths[0], Options{})
 	if !errors.Is(err, stream.ErrCorrupt) || !strings.Contains(err.Error(), c.paths[0]) {
 		t.Errorf("corrupt dump: %v", err)
 	}
-	// A stream whose hash is right but which is not a dump archive:
-	// restore -t fails and the error names the backup and the command.
+	// A stream whose hash is right but which is not a dump archive: the
+	// header says so.
 	notDump := filepath.Join(c.dir, "1.1201.dump.lz4")
 	writeBackup(t, strings.NewReader(strings.Repeat("not a dump\n", 5000)), notDump, "lz4", "", day1.AddDate(0, 1, 0),
 		map[string]any{"domain": "vm", "partition": float64(1), "level": float64(0), "base": 0.0})
 	_, err = Verify(ctx, notDump, Options{})
-	if err == nil || !strings.Contains(err.Error(), notDump) || !strings.Contains(err.Error(), "restore -t") {
+	if err == nil || !strings.Contains(err.Error(), notDump+": not a dump archive (magic") {
 		t.Errorf("not a dump: %v", err)
 	} else {
 		t.Logf("not a dump: %v", err)
@@ -325,5 +359,20 @@ func TestDumpFilesAndExtract(t *testing.T) {
 	}
 	if _, err := Extract(ctx, c.paths[4], []string{"../etc/passwd"}, dest2, Options{}); err == nil {
 		t.Error("'..' accepted")
+	}
+}
+
+// restore runs without a controlling terminal (exec.Cmd.NoTTY): in a new
+// session, so that a question on /dev/tty reads end of file instead of
+// stopping a background process with SIGTTIN in the REPL.
+func TestCommandsRunWithoutTerminal(t *testing.T) {
+	var out strings.Builder
+	_, err := exec.Run(context.Background(), exec.Cmd{Argv: []string{"sh", "-c", `echo $$ $(cut -d" " -f6 /proc/$$/stat)`}, Stdout: &out, NoTTY: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(out.String())
+	if len(f) != 2 || f[0] != f[1] {
+		t.Errorf("pid and session: %q (want a session of its own)", out.String())
 	}
 }

@@ -42,12 +42,20 @@ Long steps draw a progress bar on a terminal. Under --dry-run, restore,
 attach, extract and files of an image print what they would do and change
 nothing; verify and files of a dump only read, and run as usual.`,
 	Funcs: []runtime.Func{
-		{Name: "verify", Sig: `recover.verify(b [, {catalog=cat}]) -> {ok=true, path=, kind=, bytes=, hash=, entries=}`,
+		{Name: "verify", Sig: `recover.verify(b [, {catalog=cat}]) -> {ok=true, path=, kind=, bytes=, hash=, entries=, level=, date=}`,
 			Doc: `Decode the backup and check it against its catalogue entry (size and hash),
 writing nothing. A dump is also walked: the decoded archive is piped into
 restore -t, which must read it without error; entries is the number of names
-it listed (an incremental lists only what it holds). Raises on a corrupt,
+it listed (an incremental lists only what it holds), level and date (Unix
+seconds) come from its header (see recover.header). Raises on a corrupt,
 truncated or unreadable backup, naming it.`},
+		{Name: "header", Sig: `recover.header(b [, {catalog=cat}]) -> {level=, date=, base=}`,
+			Doc: `The header of a dump backup, read from its first decoded record: level, date
+(Unix seconds: restore -t's "Dump date", when dump started) and base (the -T
+date it was taken against, "Dumped from"; nil for a full dump). restore -r
+applies an incremental only on top of the dump whose date is exactly its
+base, so a recipe that keeps its own dump history should record date, not
+the time its run started, as the base of later incrementals.`},
 		{Name: "restore", Sig: `recover.restore(b, target [, {catalog=cat, overwrite=false}]) -> {path=, kind=, bytes=, applied={path, ...}}`,
 			Doc: `Restore a backup. An image or stream is decoded onto target, a file (written
 under a temporary name, verified, renamed; overwrite=true replaces an existing
@@ -110,6 +118,7 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 	return runtime.Table(L, map[string]lua.LGFunction{
 		"verify":  b.verify,
 		"restore": b.restore,
+		"header":  b.header,
 		"attach":  b.attach,
 		"detach":  b.detach,
 		"files":   b.files,
@@ -200,6 +209,33 @@ func (b *binding) verify(L *lua.LState) int {
 	t.RawSetString("hash", lua.LString(r.Hash))
 	if r.Kind == catalog.KindDump {
 		t.RawSetString("entries", lua.LNumber(r.Entries))
+		t.RawSetString("level", lua.LNumber(r.Header.Level))
+		t.RawSetString("date", lua.LNumber(r.Header.Date.Unix()))
+	}
+	L.Push(t)
+	return 1
+}
+
+func (b *binding) header(L *lua.LState) int {
+	const fn = "recover.header"
+	path := backupArg(L, 1, fn)
+	o := b.options(L, 2, fn, "catalog")
+	bk, _, err := Resolve(path, o)
+	if err != nil {
+		runtime.Raise(L, fn, err)
+	}
+	if bk.Kind != catalog.KindDump {
+		runtime.Raise(L, fn, fmt.Errorf("%s: not a dump backup (kind %s)", bk.Path, bk.Kind))
+	}
+	hd, err := ReadDumpHeader(b.h.Context(), bk)
+	if err != nil {
+		runtime.Raise(L, fn, err)
+	}
+	t := L.NewTable()
+	t.RawSetString("level", lua.LNumber(hd.Level))
+	t.RawSetString("date", lua.LNumber(hd.Date.Unix()))
+	if !hd.Base.IsZero() {
+		t.RawSetString("base", lua.LNumber(hd.Base.Unix()))
 	}
 	L.Push(t)
 	return 1

@@ -149,3 +149,39 @@ func TestLuaAttach(t *testing.T) {
 	}
 	leftovers(t, scratch, img)
 }
+
+// A real dump chain from Lua: header, restore with the catalogue, files
+// and extract.
+func TestLuaDumpChain(t *testing.T) {
+	c := buildChain(t)
+	d := t.TempDir()
+	h := luatest.NewHost(t, luatest.HostOptions{Globals: map[string]string{"D": d, "DIR": c.dir, "P5": c.paths[4], "P1": c.paths[0]}, Prelude: prelude}, Module, catalog.Module)
+	h.Run(t, `
+		local cat = catalog.scan(DIR)
+		local b5 = cat:find(P5)
+		local h5, h1 = recover.header(b5), recover.header(P1)
+		assert(h5.level == 4 and h1.level == 0 and h1.base == nil and h5.base and h5.date > h1.date, h5.level)
+		local r = recover.restore(b5, D .. "/t", {catalog = cat})
+		assert(r.kind == "dump" and #r.applied == 3 and r.applied[1] == P1 and r.applied[3] == P5, #r.applied)
+		local f = assert(io.open(D .. "/t/z"))
+		assert(f:read("*a") == "z on day 5\n")
+		f:close()
+		assert(io.open(D .. "/t/restoresymtable") == nil)
+		local files = recover.files(b5, {catalog = cat})
+		local seen = {}
+		for _, p in ipairs(files) do seen[p] = true end
+		assert(seen["z"] and seen["d1/sub/b"] and seen["top2"], #files)
+		local out = recover.extract(b5, {"z", "d2/c"}, D .. "/x", {catalog = cat})
+		assert(#out == 2 and out[1] == D .. "/x/z", out[1])
+		local ok, err = pcall(recover.extract, b5, "nothere", D .. "/x")
+		assert(not ok and err:find("recover.extract: " .. P5 .. ": not in the backup (dump chain of 3): nothere", 1, true), err)
+		local v = recover.verify(P5)
+		assert(v.ok and v.kind == "dump" and v.entries > 0, v.entries)
+		ok, err = pcall(recover.header, D .. "/t/z")
+		assert(not ok and err:find("no catalogue entry", 1, true), err)
+	`)
+	got, _ := os.ReadFile(filepath.Join(d, "x", "d2", "c"))
+	if string(got) != "c of day 2, longer\n" {
+		t.Errorf("extracted d2/c: %q", got)
+	}
+}

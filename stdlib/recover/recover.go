@@ -79,6 +79,7 @@ var ErrNoEntry = errors.New("no catalogue entry")
 // damaged entry) is an error giving the reason.
 func Resolve(path string, o Options) (*catalog.Backup, *catalog.Catalog, error) {
 	path = strings.TrimSuffix(filepath.Clean(path), ".json")
+	given := path
 	if abs, err := filepath.Abs(path); err == nil {
 		path = abs
 	}
@@ -99,8 +100,11 @@ func Resolve(path string, o Options) (*catalog.Backup, *catalog.Catalog, error) 
 		}
 		cat = c
 	}
-	if b, ok := cat.Find(path); ok {
-		return b, cat, nil
+	// A catalogue scanned from a relative directory has relative paths.
+	for _, p := range []string{given, path} {
+		if b, ok := cat.Find(p); ok {
+			return b, cat, nil
+		}
 	}
 	for _, p := range cat.Problems {
 		if p.Path == stream.MetaPath(path) || p.Path == path {
@@ -138,13 +142,15 @@ type VerifyResult struct {
 	Kind    string // catalog.KindImage, KindDump or KindStream
 	Bytes   int64  // decoded bytes, equal to the catalogue's size
 	Hash    string
-	Entries int // dumps: entries restore -t listed; 0 otherwise
+	Entries int        // dumps: entries restore -t listed; 0 otherwise
+	Header  DumpHeader // dumps: level and dates from the archive's header
 }
 
 // Verify decodes the backup at path and checks it against its catalogue
-// entry without writing anything. A dump is also walked: the decoded
-// stream is piped into restore -t, which must read it to the end without
-// error; Entries is the number of names it listed.
+// entry without writing anything. A dump is also walked: its header must
+// be a dump(8) header, and the decoded stream is piped both into restore
+// -t (Entries is the number of names it lists) and into restore -x -N,
+// which reads the whole archive and writes nothing; both must succeed.
 func Verify(ctx context.Context, path string, o Options) (VerifyResult, error) {
 	b, _, err := Resolve(path, o)
 	if err != nil {
@@ -162,7 +168,10 @@ func Verify(ctx context.Context, path string, o Options) (VerifyResult, error) {
 		o.log().Info("recover: verified", "backup", b.Path, "bytes", st.Size)
 		return r, nil
 	}
-	entries, st, err := listDump(ctx, b, o)
+	if r.Header, err = ReadDumpHeader(ctx, b); err != nil {
+		return r, err
+	}
+	entries, st, err := listDump(ctx, b, true, o)
 	if err != nil {
 		return r, err
 	}

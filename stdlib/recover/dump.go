@@ -316,6 +316,9 @@ func chainListing(ctx context.Context, path string, o Options) ([]*catalog.Backu
 }
 
 func dumpFiles(ctx context.Context, path string, o Options) ([]Entry, error) {
+	if o.Exact {
+		return exactFiles(ctx, path, o)
+	}
 	chain, newest, err := chainListing(ctx, path, o)
 	if err != nil {
 		return nil, err
@@ -461,4 +464,40 @@ func merge(src, dst string) error {
 		}
 	}
 	return nil
+}
+
+// exactFiles restores the chain of path into a temporary directory and
+// walks it.
+func exactFiles(ctx context.Context, path string, o Options) ([]Entry, error) {
+	_, chain, err := Chain(path, o)
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := scratchDir(o.scratch(), "bkrun-files-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	target := filepath.Join(tmp, "root")
+	if _, err := restoreChain(ctx, chain, target, o); err != nil {
+		return nil, err
+	}
+	last := chain[len(chain)-1].Path
+	var out []Entry
+	err = filepath.WalkDir(target, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == target {
+			return nil
+		}
+		rel, _ := filepath.Rel(target, p)
+		out = append(out, Entry{Path: rel, Backup: last, Dir: d.IsDir()})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: walking the restored tree: %w", path, err)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out, nil
 }

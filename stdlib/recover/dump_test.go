@@ -328,6 +328,26 @@ func TestDumpFilesAndExtract(t *testing.T) {
 		t.Errorf("origins: %+v %+v %+v", listed["d1/a"], listed["d1/sub/b"], listed["d1/sub"])
 	}
 	t.Logf("files: %d names from a chain of 3 dumps (%d in the tree of day 5)", len(entries), len(c.states[4]))
+	scratch := t.TempDir()
+	exact, err := Files(ctx, c.paths[4], Options{Exact: true, Scratch: scratch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exactNames []string
+	for _, e := range exact {
+		exactNames = append(exactNames, e.Path)
+	}
+	var want []string
+	for p := range c.states[4] {
+		want = append(want, p)
+	}
+	sort.Strings(want)
+	if strings.Join(exactNames, " ") != strings.Join(want, " ") {
+		t.Errorf("exact files: %v\nwant %v", exactNames, want)
+	}
+	if ents, _ := os.ReadDir(scratch); len(ents) > 0 {
+		t.Errorf("exact listing left %v in scratch", ents)
+	}
 
 	dest := filepath.Join(t.TempDir(), "out")
 	out, err := Extract(ctx, c.paths[4], []string{"d2/c", "/d1/a", "./big", "link", "d1/sub"}, dest, Options{})

@@ -81,13 +81,16 @@ or by recover.detach.`},
 			Doc: `Undo recover.attach now: unmount, detach the loop device, remove the mount
 point and the temporary image. Raises if mountpoint was not made by
 recover.attach in this run.`},
-		{Name: "files", Sig: `recover.files(b [, {catalog=cat, partition=n, scratch=dir}]) -> {path, ...}`,
+		{Name: "files", Sig: `recover.files(b [, {catalog=cat, exact=false, partition=n, scratch=dir}]) -> {path, ...}`,
 			Doc: `The names in a backup, relative to the filesystem's root ("etc/fstab"),
 sorted, directories included. For a dump the listings (restore -t) of every
 dump of its chain are merged. Limit: restore -t lists what a dump holds, not
 what was deleted before it, so a file deleted between two dumps of the chain
-is still listed (recover.restore does remove it). For an image the image is
-attached read-only (as recover.attach), walked and detached.`},
+is still listed (recover.restore does remove it). exact=true lists exactly the
+tree of the last dump instead, by restoring the chain into a temporary
+directory in scratch and walking it (it needs the space and time of a full
+restore). For an image the image is attached read-only (as recover.attach),
+walked and detached.`},
 		{Name: "extract", Sig: `recover.extract(b, paths, dest [, {catalog=cat, partition=n, scratch=dir}]) -> {path, ...}`,
 			Doc: `Copy files or directories (paths: a name or a list of names relative to the
 filesystem's root) out of a backup into dest (created if missing), keeping
@@ -176,6 +179,8 @@ func (b *binding) options(L *lua.LState, n int, fn string, keys ...string) Optio
 			opts.Scratch = o.String("scratch", "")
 		case "overwrite":
 			opts.Overwrite = o.Bool("overwrite", false)
+		case "exact":
+			opts.Exact = o.Bool("exact", false)
 		}
 	}
 	o.Done(false)
@@ -340,10 +345,10 @@ func (b *binding) detach(L *lua.LState) int {
 func (b *binding) files(L *lua.LState) int {
 	const fn = "recover.files"
 	path := backupArg(L, 1, fn)
-	o := b.options(L, 2, fn, "catalog", "partition", "scratch")
+	o := b.options(L, 2, fn, "catalog", "partition", "scratch", "exact")
 	if b.h.DryRun() {
-		if bk, _, err := Resolve(path, o); err != nil || bk.Kind != catalog.KindDump {
-			b.h.DryRunf("recover.files %s: attach read-only, walk, detach", path)
+		if bk, _, err := Resolve(path, o); err != nil || bk.Kind != catalog.KindDump || o.Exact {
+			b.h.DryRunf("recover.files %s: attach read-only (or restore the dump chain into a temporary directory), walk, clean up", path)
 			L.Push(L.NewTable())
 			return 1
 		}

@@ -44,6 +44,11 @@ type Options struct {
 	Partition int
 	// Overwrite lets Restore of an image replace an existing target file.
 	Overwrite bool
+	// Exact makes Files of a dump restore the chain into a temporary
+	// directory in Scratch and walk it, instead of merging the restore -t
+	// listings: names deleted between dumps are then left out, at the cost
+	// of the space and time of a full restore.
+	Exact bool
 }
 
 func (o Options) log() *slog.Logger {
@@ -235,8 +240,10 @@ type Entry struct {
 // taken from the newest dump that holds it. restore -t lists only what a
 // dump holds, not what was deleted since the dump before it, so a file
 // deleted between two dumps of the chain is still listed (from the older
-// dump). For an image the image is attached read-only (see Attach) and
-// walked.
+// dump); with o.Exact the chain is restored into a temporary directory
+// and walked instead, which lists exactly the tree of the last dump (Backup
+// is then the last dump for every name). For an image the image is
+// attached read-only (see Attach) and walked.
 func Files(ctx context.Context, path string, o Options) ([]Entry, error) {
 	b, _, err := Resolve(path, o)
 	if err != nil && !errors.Is(err, ErrNoEntry) {

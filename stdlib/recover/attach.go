@@ -80,7 +80,8 @@ var linuxTypes = map[string]bool{"linux": true, "linux-root-x86-64": true, "linu
 // path is an image backup (with its catalogue entry; a dump cannot be
 // attached) or a raw image file or device without one. A compressed backup
 // is first decoded into a sparse temporary image in o.Scratch (verified
-// against its hash); an uncompressed one is attached as it is.
+// against its hash); an uncompressed one is attached in place, read-only
+// and unverified (Verify checks it).
 //
 // The partition table is read natively (part). With o.Partition > 0 that
 // partition is attached; without it, an image with no partition table is
@@ -297,9 +298,15 @@ func extractImage(ctx context.Context, path string, names []string, dest string,
 		return err
 	}
 	defer m.Close()
+	return copyOut(ctx, m.Path, path, names, dest, o)
+}
+
+// copyOut copies names from the tree at root (a mounted image, a restored
+// dump chain) into dest through a staging directory (see Extract).
+func copyOut(ctx context.Context, root, path string, names []string, dest string, o Options) error {
 	var missing []string
 	for _, n := range names {
-		if !inImage(m.Path, n) {
+		if !inImage(root, n) {
 			missing = append(missing, n)
 		}
 	}
@@ -321,11 +328,11 @@ func extractImage(ctx context.Context, path string, names []string, dest string,
 			if _, err := os.Lstat(filepath.Join(stage, rel)); err == nil {
 				continue
 			}
-			if err := c.dir(filepath.Join(m.Path, rel), filepath.Join(stage, rel)); err != nil {
+			if err := c.dir(filepath.Join(root, rel), filepath.Join(stage, rel)); err != nil {
 				return err
 			}
 		}
-		if err := c.copy(filepath.Join(m.Path, n), filepath.Join(stage, n)); err != nil {
+		if err := c.copy(filepath.Join(root, n), filepath.Join(stage, n)); err != nil {
 			return err
 		}
 	}

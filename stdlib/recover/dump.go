@@ -338,6 +338,22 @@ func dumpFiles(ctx context.Context, path string, o Options) ([]Entry, error) {
 }
 
 func extractDump(ctx context.Context, path string, names []string, dest string, o Options) error {
+	if o.Exact {
+		_, chain, err := Chain(path, o)
+		if err != nil {
+			return err
+		}
+		tmp, err := scratchDir(o.scratch(), "bkrun-extract-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		root := filepath.Join(tmp, "root")
+		if _, err := restoreChain(ctx, chain, root, o); err != nil {
+			return err
+		}
+		return copyOut(ctx, root, path, names, dest, o)
+	}
 	chain, newest, err := chainListing(ctx, path, o)
 	if err != nil {
 		return err

@@ -368,6 +368,26 @@ func TestDumpFilesAndExtract(t *testing.T) {
 			t.Errorf("staging left: %s", p)
 		}
 	}
+	// Exact: top (renamed away on day 3) is not in day 5's tree, d1/sub
+	// comes without d1/sub/new (deleted on day 5).
+	dest3 := filepath.Join(t.TempDir(), "out3")
+	if _, err := Extract(ctx, c.paths[4], []string{"top"}, dest3, Options{Exact: true, Scratch: scratch}); err == nil || !strings.Contains(err.Error(), "not in the backup: top") {
+		t.Errorf("exact, deleted name: %v", err)
+	}
+	if _, err := Extract(ctx, c.paths[4], []string{"d1/sub", "z"}, dest3, Options{Exact: true, Scratch: scratch}); err != nil {
+		t.Fatal(err)
+	}
+	got3 := snapshot(t, dest3)
+	want3 := state{}
+	for _, p := range []string{"d1", "d1/sub", "d1/sub/b", "z"} {
+		want3[p] = c.states[4][p]
+	}
+	if d := diff(want3, got3); len(d) > 0 {
+		t.Errorf("exact extract:\n%s", strings.Join(d, "\n"))
+	}
+	if ents, _ := os.ReadDir(scratch); len(ents) > 0 {
+		t.Errorf("exact extract left %v in scratch", ents)
+	}
 	// A name not in the backup: refused, nothing written.
 	dest2 := filepath.Join(t.TempDir(), "out2")
 	_, err = Extract(ctx, c.paths[4], []string{"d2/c", "etc/nothere"}, dest2, Options{})

@@ -70,7 +70,8 @@ dump is refused before anything is written.`},
 			Doc: `Mount an image backup (or a raw image file) read-only on a temporary
 directory and return its path. A compressed backup is first decoded to a
 sparse temporary image in scratch (default the system's temporary directory),
-verified. Partition n is mounted; with no partition given, an image without a
+verified; an uncompressed one (codec none) is attached in place, unverified
+(recover.verify checks it). Partition n is mounted; with no partition given, an image without a
 partition table is mounted whole, and an image with a table mounts its only
 partition or its only Linux partition (types linux, linux-root-x86-64,
 linux-home); otherwise the error lists the partitions. A file that has no
@@ -91,13 +92,17 @@ tree of the last dump instead, by restoring the chain into a temporary
 directory in scratch and walking it (it needs the space and time of a full
 restore). For an image the image is attached read-only (as recover.attach),
 walked and detached.`},
-		{Name: "extract", Sig: `recover.extract(b, paths, dest [, {catalog=cat, partition=n, scratch=dir}]) -> {path, ...}`,
+		{Name: "extract", Sig: `recover.extract(b, paths, dest [, {catalog=cat, exact=false, partition=n, scratch=dir}]) -> {path, ...}`,
 			Doc: `Copy files or directories (paths: a name or a list of names relative to the
 filesystem's root) out of a backup into dest (created if missing), keeping
 their place in the tree (dest/etc/fstab), mode, times and, as root, owner;
 returns the paths written. A name not in the backup raises, naming it, before
 anything is written. From a dump chain a file comes from the newest dump
-holding it (restore -x); from an image it is copied from a read-only mount.
+holding it (restore -x), a directory from every dump holding part of it; as
+with recover.files, a name deleted between two dumps of the chain can come
+back: exact=true restores the chain into a temporary directory in scratch
+first and copies from there. From an image files are copied from a read-only
+mount.
 Files are extracted into a fresh directory inside dest and then moved into
 place: an existing file is replaced, a directory merged into, a symbolic link
 in dest never followed.`},
@@ -387,7 +392,7 @@ func (b *binding) extract(L *lua.LState) int {
 		runtime.TypeError(L, 2, fn, "path or list of paths")
 	}
 	dest := runtime.CheckPath(L, 3, fn)
-	o := b.options(L, 4, fn, "catalog", "partition", "scratch")
+	o := b.options(L, 4, fn, "catalog", "partition", "scratch", "exact")
 	for _, n := range names {
 		if _, err := cleanName(n); err != nil {
 			runtime.ArgError(L, 2, fn, err.Error())

@@ -44,10 +44,10 @@ type Options struct {
 	Partition int
 	// Overwrite lets Restore of an image replace an existing target file.
 	Overwrite bool
-	// Exact makes Files of a dump restore the chain into a temporary
-	// directory in Scratch and walk it, instead of merging the restore -t
-	// listings: names deleted between dumps are then left out, at the cost
-	// of the space and time of a full restore.
+	// Exact makes Files and Extract of a dump restore the chain into a
+	// temporary directory in Scratch and work from that tree, instead of
+	// the restore -t listings: names deleted between dumps are then
+	// absent, at the cost of the space and time of a full restore.
 	Exact bool
 }
 
@@ -272,8 +272,10 @@ func Files(ctx context.Context, path string, o Options) ([]Entry, error) {
 // merged into, and a symbolic link already in dest is never followed (a
 // conflict is an error). From a dump chain a file comes from the newest
 // dump holding it, a directory from every dump holding it, oldest first
-// (restore -x -a -o -u). From an image the image is attached read-only and
-// the files copied.
+// (restore -x -a -o -u); like Files, this can bring back a name deleted
+// between two dumps of the chain. With o.Exact the chain is restored into
+// a temporary directory first and the names copied from there. From an
+// image the image is attached read-only and the files copied.
 func Extract(ctx context.Context, path string, names []string, dest string, o Options) ([]string, error) {
 	if len(names) == 0 {
 		return nil, errors.New("no file names given")

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bkrun/bkrun/internal/testenv"
 )
 
 // diskImage is a 40 MiB disk image with an MBR partition table (sfdisk):
@@ -180,9 +182,7 @@ func TestAttachRefusesWhatIsNotADiskImage(t *testing.T) {
 
 // Choosing a partition needs no root: only the table is read.
 func TestChoosePartition(t *testing.T) {
-	if _, err := osexec.LookPath("sfdisk"); err != nil {
-		t.Skip("sfdisk not installed")
-	}
+	testenv.NeedCommand(t, "sfdisk")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "d.img")
 	f, _ := os.Create(img)

@@ -85,7 +85,7 @@ func CompressBound(n int) int { return n + n/255 + 16 }
 // Compress does not allocate when cap(dst)-len(dst) >= CompressBound(len(src)).
 func Compress(dst, src []byte, s *State) (_ []byte, ok bool) {
 	n := len(src)
-	if n < mfLimit+1 || n >= 1<<31 {
+	if n < mfLimit+1 || uint64(n) >= 1<<31 {
 		// Fewer than 13 bytes: a token plus the literals, never smaller.
 		return dst, false
 	}
@@ -208,11 +208,13 @@ func compress(out, src []byte, t *[tableSize]uint32) int {
 
 			// Index a position inside the match (ip-2), as C LZ4 does:
 			// it is the likeliest start of a later repeat of this text.
-			t[hash5(load64(src, ip-2))] = uint32(ip - 2)
+			// The same load serves the match end: cur = bytes ip..ip+5.
+			v := load64(src, ip-2)
+			t[hash5(v)] = uint32(ip - 2)
+			cur = v >> 16
 
 			// Test the match end itself: runs of matches (repeated
 			// records, long runs) skip the search loop entirely.
-			cur = load64(src, ip)
 			h := hash5(cur)
 			match = int(t[h])
 			t[h] = uint32(ip)
@@ -223,8 +225,9 @@ func compress(out, src []byte, t *[tableSize]uint32) int {
 			out[token] = 0
 			d++
 		}
-		// Search on from the next byte: cur>>8 still holds 7 of its bytes,
-		// enough for the 5-byte hash and the 4-byte compare.
+		// Search on from the next byte: cur>>8 still holds 5 of its bytes,
+		// enough for the 5-byte hash and the 4-byte compare that search
+		// makes of its first position.
 		ip++
 		cur >>= 8
 	}

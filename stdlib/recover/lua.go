@@ -28,8 +28,12 @@ chain: the level 0 dump and the incrementals leading to it (see catalog's
 cat:chain). The chain is looked up in the catalogue given with
 {catalog = cat}, or else in a scan of the backup's directory; a missing level
 is refused before anything is written, naming it. Each dump is decoded in Go
-and piped into restore(8) (restore -r to restore, -t to list, -x -a -o -u to
-extract).
+and piped into restore(8) (restore -r to restore, -t to list, -x -N to walk,
+-x -a -o -u to extract), run without a controlling terminal so that it never
+waits for an answer. restore -r applies an incremental only on the dump whose
+date is exactly the -T date the incremental was taken with ("Incremental tape
+too high" otherwise); recover.restore reads the dump headers and refuses such
+a chain up front (recover.header shows the dates).
 
 An image (kind "image": a disk or partition copied whole) is restored with
 stream.restore's code, or attached: decoded to a sparse temporary image when

@@ -148,13 +148,12 @@ func compress(out, src []byte, t *[tableSize]uint32) int {
 		if d+litLen+int(uint(litLen)/255)+(1+2+1+lastLiterals) >= len(src) {
 			return 0
 		}
-		token := d
+		// The token is written once its match length is known too.
+		token, tok := d, byte(litLen<<4)
 		d++
 		if litLen >= 15 {
-			out[token] = 15 << 4
+			tok = 15 << 4
 			d = putLength(out, d, litLen-15)
-		} else {
-			out[token] = byte(litLen << 4)
 		}
 		// Copy the literals 8 bytes at a time, overshooting by up to 7
 		// bytes that the following writes overwrite: the check above left
@@ -196,11 +195,12 @@ func compress(out, src []byte, t *[tableSize]uint32) int {
 			ml := a - ip - minMatch
 			ip = a
 			if ml >= 15 {
-				out[token] += 15
+				tok |= 15
 				d = putLength(out, d, ml-15)
 			} else {
-				out[token] += byte(ml)
+				tok |= byte(ml)
 			}
+			out[token] = tok
 			anchor = ip
 			if ip >= mflimitPlusOne {
 				goto lastLits
@@ -218,11 +218,10 @@ func compress(out, src []byte, t *[tableSize]uint32) int {
 			h := hash5(cur)
 			match = int(t[h])
 			t[h] = uint32(ip)
-			if ip-match > maxOffset || load32(src, match) != uint32(cur) {
+			if match+maxOffset < ip || load32(src, match) != uint32(cur) {
 				break
 			}
-			token = d
-			out[token] = 0
+			token, tok = d, 0
 			d++
 		}
 		// Search on from the next byte: cur>>8 still holds 5 of its bytes,
@@ -275,8 +274,9 @@ func search(src []byte, t *[tableSize]uint32, ip int, cur uint64) (int, int) {
 		h := hash5(cur)
 		match := int(t[h])
 		t[h] = uint32(ip)
-		// Entries are earlier positions, so match < ip.
-		if ip-match <= maxOffset && load32(src, match) == uint32(cur) {
+		// Entries are earlier positions, so match < ip. (match+maxOffset
+		// rather than ip-match: it keeps ip, saving a register copy.)
+		if match+maxOffset >= ip && load32(src, match) == uint32(cur) {
 			return ip, match
 		}
 		ip, cur = forwardIP, next

@@ -279,7 +279,22 @@ func search(src []byte, t *[tableSize]uint32, ip int, cur uint64) (int, int) {
 		if match+maxOffset >= ip && load32(src, match) == uint32(cur) {
 			return ip, match
 		}
-		ip, cur = forwardIP, next
+		// The same probe again, unrolled: the roles of cur and next
+		// swap instead of values moving between registers every probe.
+		ip2 := forwardIP
+		forwardIP += searchMatchNb >> skipTrigger
+		searchMatchNb++
+		if forwardIP > limit || forwardIP < 0 {
+			return -1, 0
+		}
+		cur = load64(src, forwardIP)
+		h = hash5(next)
+		match = int(t[h])
+		t[h] = uint32(ip2)
+		if match+maxOffset >= ip2 && load32(src, match) == uint32(next) {
+			return ip2, match
+		}
+		ip = forwardIP
 		forwardIP += searchMatchNb >> skipTrigger
 		searchMatchNb++
 	}

@@ -114,6 +114,10 @@ func compress(out, src []byte, t *[tableSize]uint32) int {
 	// block's compression, and an entry of 0 (position 0) is a valid
 	// candidate that the 4-byte compare confirms or rejects like any other.
 	*t = [tableSize]uint32{}
+	// Capacity = length: the [i:i+k] bounds checks compare with the
+	// capacity, and one register then serves both.
+	src = src[:len(src):len(src)]
+	out = out[:len(out):len(out)]
 
 	var (
 		d      = 0 // output length

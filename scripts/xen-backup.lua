@@ -9,7 +9,8 @@ whatever happens; the VM never stays paused.
 
 Dump history is kept by DOMAIN/PARTITION in --history, not by device name (a loop
 device's name changes between runs): incrementals get their base date with dump -T.
-Restore: lz4 -dc FILE | restore -i -f -   (or restore -t to list).
+Restore: bkrun recover DEST (restore(n, dir) applies the chain a dump needs), or by
+hand: lz4 -dc FILE | restore -r -f - for each dump of the chain, oldest first.
 ]]
 args = {
   { name = "domain", help = "domU name; its disk is the logical volume VG/DOMAIN" },
@@ -21,20 +22,22 @@ args = {
   { name = "codec", choices = { "lz4", "zstd", "none" }, default = "lz4" },
   { name = "history", default = "/var/lib/bkrun/dump-history.json", help = "dump history file (levels and dates by domain/partition)" },
   { name = "overwrite", type = "boolean", help = "replace a dump already taken today" },
+  { name = "level", type = "integer", required = false, help = "dump level instead of today's Hanoi level (0: a full dump)" },
   { name = "port", type = "integer", required = false, help = "ssh port of a remote DEST" },
   { name = "identity", required = false, help = "ssh private key for a remote DEST" },
   { name = "known_hosts", required = false, help = "known_hosts file for a remote DEST" },
 }
 
 local vm, lvm, part = require "vm", require "lvm", require "part"
-local exec, fs, log = require "exec", require "fs", require "log"
-local retain, stream = require "retain", require "stream"
+local fs, log = require "fs", require "log"
+local retain, stream, dump = require "retain", require "stream", require "dump"
 local dests = require "bkrun.dest"
 
 -- Partition types worth dumping: Linux filesystems (not swap, LVM, extended).
 local DUMPABLE = { ["0x83"] = true, ["linux"] = true }
 
 function run(a)
+  if a.level and (a.level < 0 or a.level > 9) then bkrun.usage("--level must be 0 to 9") end
   local dest = dests.mkdir(a.dest .. "/" .. a.domain, a)   -- where the dumps go: DEST/DOMAIN, made here or there
 
   local snap
@@ -47,7 +50,7 @@ function run(a)
     return
   end
   local now = os.time()
-  local level = retain.hanoi(now)
+  local level = a.level or retain.hanoi(now)
   fs.mkdir((a.history:gsub("/[^/]*$", "")))
   local hist = retain.history(a.history)
   for _, p in ipairs(part.list(snap.path)) do
@@ -60,21 +63,18 @@ function run(a)
         base = hist:base(id, lvl)
         if not base then lvl = 0 end   -- no lower dump recorded yet: start a chain
       end
-      local argv = { "dump", "-" .. lvl, "-q", "-f", "-" }
-      if base then
-        argv[#argv + 1] = "-T"
-        argv[#argv + 1] = os.date("%a %b %d %H:%M:%S %Y", base)
-      end
-      argv[#argv + 1] = part.attach(snap.path, p.index, { readonly = true })
+      -- The archive's own date (src.date, read from its header) is what the
+      -- next incremental's -T must be: restore -r refuses any other.
+      local src = dump.stream(part.attach(snap.path, p.index, { readonly = true }), { level = lvl, base = base })
       local ext = ({ lz4 = ".lz4", zstd = ".zst", none = "" })[a.codec]
       local r = stream.copy {
-        from = exec.stream(argv), to = dest:path(("%d.%s.dump%s"):format(p.index, os.date("%m%d", now), ext)),
+        from = src, to = dest:path(("%d.%s.dump%s"):format(p.index, os.date("%m%d", now), ext)),
         codec = a.codec, overwrite = a.overwrite, ssh = dest.conn,
         verify = not dest.host,        -- a local dump is decoded and hash-checked before the rename
         meta = { domain = a.domain, partition = p.index, level = lvl, base = base or 0 },
       }
       if not r.dry_run then
-        hist:record(id, now, lvl)
+        hist:record(id, src.date, lvl)
         print(("%s: level %d, %s"):format(id, lvl, stream.summary(r)))
       end
     end

@@ -6,6 +6,7 @@
 //	bkrun                               interactive REPL (on a terminal)
 //	bkrun help [MODULE|MODULE.FUNC|RECIPE.lua]
 //	bkrun lib install|list|update|remove|verify
+//	bkrun recover DIR
 //	bkrun version
 package main
 
@@ -53,6 +54,7 @@ const usageText = `Usage:
   bkrun help [MODULE | MODULE.FUNC | RECIPE.lua]
   bkrun check RECIPE.lua...            parse and validate recipes without running them
   bkrun lib install|list|update|remove|verify   recipe libraries with a lock file (bkrun lib help)
+  bkrun recover DIR                    the REPL with DIR's backup catalogue loaded (docs/RECOVERY.md)
   bkrun version
   bkrun receive --root DIR [--overwrite]  upload receiver for an SSH forced command (docs/RECEIVE.md)
 
@@ -106,22 +108,15 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return check(rest[1:], stdout, stderr)
 		case "lib":
 			return libMain(rest[1:], stdout, stderr)
+		case "recover":
+			return recoverMain(rest[1:], o, hostOptions(o, logger, stdout, stderr), stdin, stdout, stderr)
 		case "version":
 			fmt.Fprintf(stdout, "bkrun %s (%s, gopher-lua Lua 5.1, %s/%s)\n", runtime.Version, goruntime.Version(), goruntime.GOOS, goruntime.GOARCH)
 			return runtime.ExitOK
 		}
 	}
 
-	hopts := runtime.Options{
-		Modules: modules(),
-		DryRun:  o.dryRun,
-		Logger:  logger,
-		Stdout:  stdout,
-		Stderr:  stderr,
-	}
-	if f, ok := stderr.(*os.File); ok && !o.quiet && term.IsTerminal(int(f.Fd())) {
-		hopts.Progress = true
-	}
+	hopts := hostOptions(o, logger, stdout, stderr)
 	switch {
 	case o.codeSet:
 		hopts.Interactive = true
@@ -170,6 +165,21 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return printResults(h, stdout, string(src), "stdin", nil)
 		})
 	}
+}
+
+// hostOptions are the host's options for the flags given.
+func hostOptions(o options, logger *slog.Logger, stdout, stderr io.Writer) runtime.Options {
+	hopts := runtime.Options{
+		Modules: modules(),
+		DryRun:  o.dryRun,
+		Logger:  logger,
+		Stdout:  stdout,
+		Stderr:  stderr,
+	}
+	if f, ok := stderr.(*os.File); ok && !o.quiet && term.IsTerminal(int(f.Fd())) {
+		hopts.Progress = true
+	}
+	return hopts
 }
 
 // runHost builds the host, runs body, then always runs the clean-up stack

@@ -5,11 +5,13 @@ import (
 	"github.com/bkrun/bkrun/stdlib/btrfs"
 	"github.com/bkrun/bkrun/stdlib/catalog"
 	"github.com/bkrun/bkrun/stdlib/disk"
+	"github.com/bkrun/bkrun/stdlib/dump"
 	"github.com/bkrun/bkrun/stdlib/exec"
 	"github.com/bkrun/bkrun/stdlib/fs"
 	lualog "github.com/bkrun/bkrun/stdlib/log"
 	"github.com/bkrun/bkrun/stdlib/lvm"
 	"github.com/bkrun/bkrun/stdlib/part"
+	"github.com/bkrun/bkrun/stdlib/recover"
 	"github.com/bkrun/bkrun/stdlib/retain"
 	"github.com/bkrun/bkrun/stdlib/ssh"
 	"github.com/bkrun/bkrun/stdlib/stream"
@@ -36,5 +38,7 @@ func modules() []*runtime.Module {
 		part.Module,
 		retain.Module,
 		catalog.Module,
+		dump.Module,
+		recover.Module,
 	}
 }

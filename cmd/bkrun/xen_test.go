@@ -306,3 +306,56 @@ func TestXenBackupInterrupted(t *testing.T) {
 	}
 	r.assertCleanedUp(t)
 }
+
+// Seed 003's chain, restored: a full dump, a change in the guest, an
+// incremental the next run; the incremental's -T is the level 0's own date
+// (read from its header), so bkrun recover's restore applies both with
+// restore -r and the guest's files come back as they were at the second run.
+func TestXenBackupChainRestores(t *testing.T) {
+	r := newXenRig(t)
+	if res := r.run(t, "--level", "0"); res.code != 0 {
+		t.Fatalf("level 0: %+v\ncalls:\n%s", res, r.log())
+	}
+	stamp := time.Now().Format("0102")
+	dir := filepath.Join(r.dest, "master")
+	for i := 1; i <= 2; i++ { // yesterday's names, so that today's run does not collide
+		for _, ext := range []string{"", ".json"} {
+			if err := os.Rename(filepath.Join(dir, fmt.Sprintf("%d.%s.dump.lz4%s", i, stamp, ext)), filepath.Join(dir, fmt.Sprintf("%d.prev.dump.lz4%s", i, ext))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// The guest changes partition 1 (files must be newer than the base, to the second).
+	time.Sleep(1100 * time.Millisecond)
+	img := filepath.Join(r.state, "VGatom", "master")
+	dev := strings.TrimSpace(runCmd(t, "losetup", "--find", "--show", "--offset", "1048576", "--sizelimit", "20971520", img))
+	mnt := mkdir(t, r.dir, "guest")
+	runCmd(t, "mount", dev, mnt)
+	os.WriteFile(filepath.Join(mnt, "new.txt"), []byte("written after the full dump\n"), 0o644)
+	runCmd(t, "umount", mnt)
+	runCmd(t, "losetup", "-d", dev)
+
+	res := r.run(t, "--level", "3")
+	if res.code != 0 || !strings.Contains(res.stdout, "master/1: level 3, ") {
+		t.Fatalf("level 3: %+v", res)
+	}
+	r.assertCleanedUp(t)
+	target := filepath.Join(r.dir, "restored")
+	session := fmt.Sprintf("chain(\"1.%s.dump.lz4\")\nrestore(\"1.%s.dump.lz4\", %q)\n", stamp, stamp, target)
+	out := bkrun(t, session, "recover", dir)
+	if out.code != 0 || !strings.Contains(out.stdout, "applied 2/2: 1."+stamp+".dump.lz4") || strings.Contains(out.stderr, "error") {
+		t.Fatalf("recover: %+v", out)
+	}
+	t.Logf("%s", out.stdout)
+	for name, want := range map[string]string{"file1.txt": strings.Repeat("seed 003\n", 1000), "new.txt": "written after the full dump\n"} {
+		if b, err := os.ReadFile(filepath.Join(target, name)); err != nil || string(b) != want {
+			t.Errorf("restored %s: %v (%d bytes)", name, err, len(b))
+		}
+	}
+	if _, err := os.Stat(filepath.Join(target, "restoresymtable")); err == nil {
+		t.Error("restoresymtable left in the target")
+	}
+	if res := r.run(t, "--level", "12"); res.code != 2 || !strings.Contains(res.stderr, "--level must be 0 to 9") || strings.Contains(r.log(), "pause master\nxl pause") {
+		t.Errorf("--level 12: %+v", res)
+	}
+}

@@ -332,7 +332,7 @@ func (c *Catalog) Chain(b *Backup) ([]*Backup, error) {
 			return nil, fmt.Errorf("%s: level %d of %s needs a lower-level dump before it; none found (missing level 0?)",
 				cur.Source, cur.Level, day(cur.Time))
 		}
-		if !cur.Base.IsZero() && prev.Meta.Started.Before(cur.Base) {
+		if !cur.Base.IsZero() && prev.Meta.Finished.Before(cur.Base) {
 			return nil, fmt.Errorf("%s: level %d of %s was taken against a dump of %s; the catalogue has only the level %d of %s before it (missing dump of %s?)",
 				cur.Source, cur.Level, day(cur.Time), cur.Base.UTC().Format(time.RFC3339), prev.Level, day(prev.Time), day(cur.Base))
 		}

@@ -8,12 +8,20 @@ and snapshot-new becomes snapshot-old, the parent of the next run; on any failur
 snapshot-new is deleted and snapshot-old kept, so the next run retries from the same
 parent. Snapshots at DEST are pruned with --keep.
 
+Each snapshot received gets its catalogue entry next to it (DEST/STAMP.json,
+catalog.record: source host:path, times, the parent snapshot of an incremental
+send, the subvolume's UUIDs), so that catalog.scan and "bkrun recover DEST"
+list the mirror and recover.restore rolls a subvolume back; pruning deletes
+the entry first, then the snapshot.
+
 DEST is a directory on a local btrfs filesystem, or [user@]host:dir: bkrun connects
 over SSH itself and runs "btrfs receive dir" there with the stream on its stdin. With
 --via receive the other host runs "bkrun receive --root ROOT" as a forced command
 instead (docs/RECEIVE.md): dir is then relative to ROOT, the stream is stored, its size
-and hash checked, and only then applied; that key can do nothing else, so pruning at
-the destination is left to the destination (a recipe run there).
+and hash checked, and only then applied; the entry is uploaded through the receiver
+too (without the parent's name and the UUIDs, which that key cannot look up); that key
+can do nothing else, so pruning at the destination is left to the destination (a
+recipe run there).
 ]]
 args = {
   { name = "subvol", help = "the subvolume to mirror, e.g. /home/foo/share" },
@@ -26,16 +34,23 @@ args = {
   { name = "via", choices = { "ssh", "receive" }, default = "ssh", help = "remote DEST: run btrfs receive over ssh, or send to bkrun receive" },
 }
 
-local btrfs, exec, fs, log = require "btrfs", require "exec", require "fs", require "log"
+local btrfs, catalog, exec, fs, log = require "btrfs", require "catalog", require "exec", require "fs", require "log"
 local dests, snapshots = require "bkrun.dest", require "bkrun.snapshots"
 
 -- A place to receive into: the local filesystem, or a host reached over SSH.
+-- record(name, entry) writes the catalogue entry of DEST/name; delete(name)
+-- removes that entry first, then the snapshot (a snapshot left without its
+-- entry is retried by the next prune; an entry left alone would stay).
 local function local_dest(dir)
   return {
     receive = function(src) return btrfs.receive(dir, src) end,
     rename = function(from, to) fs.rename(from, dir .. "/" .. to) end,
     list = function() return fs.list(dir) end,
-    delete = function(name) btrfs.delete(dir .. "/" .. name) end,
+    record = function(name, e) catalog.record(dir .. "/" .. name, e) end,
+    delete = function(name)
+      if fs.exists(dir .. "/" .. name .. ".json") then fs.remove(dir .. "/" .. name .. ".json") end
+      btrfs.delete(dir .. "/" .. name)
+    end,
   }
 end
 
@@ -47,6 +62,10 @@ local function receiver_dest(host, dir, a)
     receive = function(src) pending = src return "" end,
     rename = function(_, to) c:btrfs_receive(dir .. "/" .. to, pending) end,
     list = function() return {} end,
+    record = function(name, e)
+      e.ssh, e.receiver, e.parent = c, true, nil
+      catalog.record(dir .. "/" .. name, e)
+    end,
     delete = function() end,
   }
 end
@@ -67,7 +86,14 @@ local function remote_dest(host, dir, a)
       for n in c:output(exec.quote{"ls", "-1", dir}, {safe = true}):gmatch("[^\n]+") do names[#names + 1] = n end
       return names
     end,
-    delete = function(name) sh{"btrfs", "subvolume", "delete", dir .. "/" .. name} end,
+    record = function(name, e)
+      e.ssh = c
+      catalog.record(dir .. "/" .. name, e)
+    end,
+    delete = function(name)
+      sh{"rm", "-f", "--", dir .. "/" .. name .. ".json"}
+      sh{"btrfs", "subvolume", "delete", dir .. "/" .. name}
+    end,
   }
 end
 
@@ -84,8 +110,18 @@ function run(a)
   btrfs.snapshot(a.subvol, new, {readonly = true})
   local parent = btrfs.is_subvolume(old) and old or nil
 
+  -- The parent's name at DEST: the newest snapshot there, which the last
+  -- successful run received from what is now snapshot-old.
+  local before = {}
+  if parent then
+    for _, n in ipairs(dest.list()) do
+      if n:match(snapshots.STAMP) then before[#before + 1] = n end
+    end
+    table.sort(before)
+  end
+  local stamp
   local ok, err = pcall(function()
-    local stamp = snapshots.stamp()
+    stamp = snapshots.stamp()
     local got = dest.receive(btrfs.send(new, {parent = parent}))
     dest.rename(got, stamp)
     print(("sent %s as %s (%s)"):format(new, stamp, parent and "incremental" or "full"))
@@ -96,6 +132,9 @@ function run(a)
   end
   if parent then btrfs.delete(old) end
   fs.rename(new, old)
+  -- After the rotation: a failure here fails the run but leaves the mirror
+  -- consistent (the snapshot is there, listed as unknown without its entry).
+  dest.record(stamp, {source = a.subvol, started = stamp, parent = before[#before]})
 
   snapshots.prune(dest.list(), a.keep, dest.delete)
   lock:release()

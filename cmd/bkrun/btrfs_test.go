@@ -206,16 +206,19 @@ func TestBtrfsSnapsyncThroughReceiver(t *testing.T) {
 		}
 	}
 	ents, _ := os.ReadDir(filepath.Join(dstFS, "mirror"))
-	var snaps []string
+	var snaps, entries []string
 	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), "Z") {
+		switch {
+		case strings.HasSuffix(e.Name(), "Z"):
 			snaps = append(snaps, e.Name())
-		} else {
+		case strings.HasSuffix(e.Name(), "Z.json"): // uploaded through the receiver
+			entries = append(entries, e.Name())
+		default:
 			t.Errorf("left at the destination: %s", e.Name())
 		}
 	}
-	if len(snaps) != 2 {
-		t.Fatalf("received %v", snaps)
+	if len(snaps) != 2 || len(entries) != 2 {
+		t.Fatalf("received %v, entries %v", snaps, entries)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dstFS, "mirror", snaps[1], "data")); len(b) != 101 {
 		t.Errorf("newest mirror has %d bytes", len(b))

@@ -71,7 +71,7 @@ function ls(filter)
   for i, b in ipairs(backups) do
     if not filter or b.source:find(filter, 1, true) or b.path:find(filter, 1, true) then
       rows[#rows + 1] = { tostring(i), b.source, b.date, b.kind, b.level and tostring(b.level) or "-",
-        human(b.size), verified[b.path] or "-", rel(b.path) }
+        b.kind == "snapshot" and "-" or human(b.size), verified[b.path] or "-", rel(b.path) }
     end
   end
   table_print({ "#", "source", "time", "kind", "level", "size", "verified", "path" }, rows)
@@ -103,7 +103,9 @@ function verify(x)
   for _, b in ipairs(list) do
     local ok, r = pcall(recover.verify, b, { catalog = cat })
     verified[b.path] = ok and "ok" or "FAILED"
-    if ok then
+    if ok and r.kind == "snapshot" then
+      print(("%s: ok (read-only subvolume %s)"):format(rel(b.path), r.uuid))
+    elseif ok then
       print(("%s: ok (%s%s)"):format(rel(b.path), human(r.bytes or b.size), r.entries and (", " .. r.entries .. " entries") or ""))
     else
       failed = failed + 1
@@ -145,9 +147,10 @@ function help()
   problems()                   damaged entries and incomplete uploads
   chain(n)                     the dumps a restore of backup n applies, oldest first
   verify(n) / verify()         decode and check one backup / all of them (nothing written)
-  restore(n, target)           an image onto a file or device; a dump chain into a directory
-  attach(n [, {partition=p}])  mount an image read-only; returns the mount point
-  files(n)                     the names in a dump chain or an image
+  restore(n, target)           an image onto a file or device; a dump chain into a directory;
+                               a btrfs snapshot as a new writable subvolume (the rollback)
+  attach(n [, {partition=p}])  mount an image read-only; returns the mount point (a snapshot: its path)
+  files(n)                     the names in a dump chain, an image or a snapshot
   extract(n, paths, dest)      copy some files out (paths: a name or a list)
   rescan()                     read the directory again
   n is a number from ls(), a path (Tab completes inside quotes) or a backup table;

@@ -13,11 +13,13 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/bkrun/bkrun/stdlib/btrfs"
 	"github.com/bkrun/bkrun/stdlib/ssh"
 	"github.com/bkrun/bkrun/stdlib/stream"
 )
@@ -27,13 +29,16 @@ const (
 	KindImage  = "image"  // a device or file copied whole (disk-image.lua)
 	KindDump   = "dump"   // a dump(8) archive: Extra carries level/partition (xen-backup.lua)
 	KindStream = "stream" // any other stream (btrfs send, a command's output)
+	// KindSnapshot is a snapshot directory with a SnapshotFormat entry (a
+	// received btrfs subvolume, btrfs-snapsync.lua): a whole tree, Size 0.
+	KindSnapshot = "snapshot"
 )
 
 // Backup is one backup found with a valid catalogue entry.
 type Backup struct {
-	Path   string       // the data file
-	Meta   *stream.Meta // its catalogue entry (Path + ".json")
-	Kind   string       // KindImage, KindDump or KindStream
+	Path   string       // the data file (a snapshot: its directory)
+	Meta   *stream.Meta // its catalogue entry (Path + ".json"; a snapshot's as SnapshotEntry.Meta)
+	Kind   string       // KindImage, KindDump, KindStream or KindSnapshot
 	Source string       // dumps: "domain/partition"; otherwise Meta.Source
 	Time   time.Time    // Meta.Finished
 	Size   int64        // logical size (Meta.Size); the file holds Meta.BytesWritten
@@ -66,21 +71,52 @@ type Catalog struct {
 //
 //   - X.json that is a valid catalogue entry whose data file X is a regular
 //     file of the size recorded (bytes_written): a Backup;
+//   - a directory D with a snapshot entry D.json (SnapshotFormat): a Backup
+//     of kind "snapshot"; D is not descended into;
 //   - a .json that does not parse, an entry whose data file is missing, not
-//     a regular file or of another size, a temporary ".partial" file left by
-//     an interrupted copy, a directory that cannot be read: a Problem;
+//     a regular file or of another size, a snapshot entry whose directory
+//     is missing, a temporary ".partial" file left by an interrupted copy, a
+//     directory that cannot be read: a Problem;
+//   - a read-only btrfs subvolume without an entry (a snapshot of a mirror
+//     written before snapshot entries existed, or by another tool): listed
+//     once as unknown, not descended into;
 //   - anything else: Unknown.
 //
 // Only an unreadable dir itself is an error.
 func Scan(dir string) (*Catalog, error) {
-	return ScanFS(os.DirFS(dir), dir, func(rel string) string { return filepath.Join(dir, rel) })
+	return scan(os.DirFS(dir), dir, func(rel string) string { return filepath.Join(dir, rel) },
+		func(rel string) bool {
+			ro, err := btrfs.IsReadOnly(filepath.Join(dir, filepath.FromSlash(rel)))
+			return err == nil && ro
+		})
 }
 
 // ScanFS is Scan over any file system: a local directory, or a backup
 // server's directory over SFTP (ssh.Conn.FS). dir is the name the catalogue
 // and its errors show; name turns a slash-separated path relative to the
 // root of fsys into the path a Backup, Problem or unknown file carries.
+//
+// ScanFS cannot tell a btrfs subvolume from a directory (SFTP reports no
+// inode numbers): a directory without an entry whose name is a snapshot
+// time stamp (2026-11-22T03:00:00Z, as btrfs-snapsync.lua names them) is
+// listed once as unknown and not descended into; any other directory is.
 func ScanFS(fsys fs.FS, dir string, name func(rel string) string) (*Catalog, error) {
+	return scan(fsys, dir, name, func(rel string) bool { return stampName.MatchString(path.Base(rel)) })
+}
+
+// stampName is the name snapshots.stamp() gives a snapshot.
+var stampName = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$`)
+
+// snapshotFound is a directory with a snapshot entry: a backup, or the
+// reason its entry cannot be used.
+type snapshotFound struct {
+	b      *Backup
+	reason string
+}
+
+// scan is Scan and ScanFS: opaque tells a directory without an entry that
+// is a snapshot taken by other means (listed as unknown, not walked).
+func scan(fsys fs.FS, dir string, name func(rel string) string, opaque func(rel string) bool) (*Catalog, error) {
 	st, err := fs.Stat(fsys, ".")
 	if err != nil {
 		var pe *fs.PathError
@@ -93,29 +129,48 @@ func ScanFS(fsys fs.FS, dir string, name func(rel string) string) (*Catalog, err
 		return nil, fmt.Errorf("%s: not a directory", dir)
 	}
 	c := &Catalog{Dir: dir}
-	files := map[string]fs.DirEntry{} // by relative path
+	files := map[string]fs.DirEntry{}   // by relative path
+	snaps := map[string]snapshotFound{} // by relative path of the entry
 	var jsons []string
-	err = fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+	var walk func(rel string) error
+	walk = func(rel string) error {
+		ents, err := fs.ReadDir(fsys, rel)
 		if err != nil {
-			if p == "." {
+			if rel == "." {
 				return err
 			}
-			c.Problems = append(c.Problems, Problem{name(p), "cannot read: " + errText(err)})
-			if d != nil && d.IsDir() {
-				return fs.SkipDir
+			c.Problems = append(c.Problems, Problem{name(rel), "cannot read: " + errText(err)})
+		}
+		names := make(map[string]bool, len(ents))
+		for _, e := range ents {
+			names[e.Name()] = true
+		}
+		for _, e := range ents {
+			p := path.Join(rel, e.Name())
+			if e.IsDir() {
+				if names[e.Name()+".json"] {
+					if f, ok := snapshotDir(fsys, p, name); ok {
+						snaps[p+".json"] = f
+						continue
+					}
+				}
+				if opaque != nil && opaque(p) {
+					c.Unknown = append(c.Unknown, name(p))
+					continue
+				}
+				if err := walk(p); err != nil {
+					return err
+				}
+				continue
 			}
-			return nil
-		}
-		if d.IsDir() {
-			return nil
-		}
-		files[p] = d
-		if strings.HasSuffix(p, ".json") && !isPartial(p) {
-			jsons = append(jsons, p)
+			files[p] = e
+			if strings.HasSuffix(p, ".json") && !isPartial(p) {
+				jsons = append(jsons, p)
+			}
 		}
 		return nil
-	})
-	if err != nil {
+	}
+	if err := walk("."); err != nil {
 		return nil, fmt.Errorf("catalog: %s: %w", dir, err)
 	}
 	// Longest names first: the entry of a backup of a .json file
@@ -125,6 +180,15 @@ func ScanFS(fsys fs.FS, dir string, name func(rel string) string) (*Catalog, err
 	for _, j := range jsons {
 		if claimed[j] {
 			continue // the data file of another entry (a backup of a .json file)
+		}
+		if f, ok := snaps[j]; ok {
+			claimed[j] = true
+			if f.reason != "" {
+				c.Problems = append(c.Problems, Problem{name(j), f.reason})
+			} else {
+				c.Backups = append(c.Backups, f.b)
+			}
+			continue
 		}
 		data := strings.TrimSuffix(j, ".json")
 		b, reason := entry(fsys, j, files[data], name)
@@ -191,6 +255,13 @@ func entry(fsys fs.FS, rel string, d fs.DirEntry, name func(string) string) (*Ba
 	if err != nil {
 		return nil, "cannot read: " + errText(err)
 	}
+	if formatOf(raw) == SnapshotFormat {
+		// A snapshot directory is claimed while walking (snapshotDir).
+		if d != nil {
+			return nil, fmt.Sprintf("snapshot %s is not a directory (%s)", filepath.Base(data), d.Type())
+		}
+		return nil, fmt.Sprintf("snapshot directory %s is missing", filepath.Base(data))
+	}
 	m, err := stream.ParseMeta(jsonPath, raw)
 	if err != nil {
 		// ParseMeta's messages start with the path, which Problem carries.
@@ -236,6 +307,25 @@ func entry(fsys fs.FS, rel string, d fs.DirEntry, name func(string) string) (*Ba
 		b.Kind = KindStream
 	}
 	return b, ""
+}
+
+// snapshotDir reads the entry of the directory rel (rel.json): ok is false
+// when it is not a snapshot entry (the directory is then walked as any
+// other).
+func snapshotDir(fsys fs.FS, rel string, name func(string) string) (snapshotFound, bool) {
+	raw, err := fs.ReadFile(fsys, rel+".json")
+	if err != nil || formatOf(raw) != SnapshotFormat {
+		return snapshotFound{}, false
+	}
+	jsonPath := name(rel + ".json")
+	e, err := ParseSnapshotEntry(jsonPath, raw)
+	if err != nil {
+		return snapshotFound{reason: "damaged catalogue entry: " + strings.TrimPrefix(errText(err), jsonPath+": ")}, true
+	}
+	return snapshotFound{b: &Backup{
+		Path: name(rel), Meta: e.Meta(), Kind: KindSnapshot, Source: e.Source,
+		Time: e.Finished, Level: -1,
+	}}, true
 }
 
 func number(v any) (float64, bool) {
@@ -304,7 +394,8 @@ func (c *Catalog) Find(path string) (*Backup, bool) {
 }
 
 // Chain returns the backups a restore of b applies, oldest first, ending
-// with b. An image or a stream stands alone: the chain is b itself. For a
+// with b. An image, a stream or a snapshot (a received subvolume is whole,
+// whatever it was sent against) stands alone: the chain is b itself. For a
 // dump at level N (dump(8) semantics, as retain.hanoi schedules them), the
 // dump it was taken against is the most recent earlier dump of the same
 // source at a lower level; the walk repeats from there down to level 0.

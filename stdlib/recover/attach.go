@@ -93,6 +93,9 @@ var linuxTypes = map[string]bool{"linux": true, "linux-root-x86-64": true, "linu
 // read-only on a temporary directory (ext2/3/4 with -o ro,noload, so a
 // dirty journal is not replayed). Whatever was set up is undone by Close,
 // and by Attach itself when a later step fails: nothing is left attached.
+//
+// A snapshot (a read-only btrfs subvolume) is browsable as it is: its Mount
+// is its own directory, with nothing to undo.
 func Attach(ctx context.Context, path string, o Options) (_ *Mount, err error) {
 	m := &Mount{Partition: o.Partition}
 	defer func() {
@@ -118,6 +121,13 @@ func Attach(ctx context.Context, path string, o Options) (_ *Mount, err error) {
 		return nil, rerr
 	case b.Kind == catalog.KindDump:
 		return nil, fmt.Errorf("%s: a dump archive has no filesystem to mount; use recover.files, recover.extract or recover.restore", b.Path)
+	case b.Kind == catalog.KindSnapshot:
+		// Already a read-only tree: its own path, nothing to undo.
+		if st, err := os.Stat(b.Path); err != nil || !st.IsDir() {
+			return nil, fmt.Errorf("%s: snapshot directory is missing", b.Path)
+		}
+		m.Path, m.Image = b.Path, b.Path
+		return m, nil
 	case b.Meta.Codec != "none":
 		dir, err := os.MkdirTemp(o.scratch(), "bkrun-recover-")
 		if err != nil {

@@ -8,7 +8,9 @@ import (
 	"sync"
 
 	"github.com/bkrun/bkrun/runtime"
+	"github.com/bkrun/bkrun/stdlib/btrfs"
 	"github.com/bkrun/bkrun/stdlib/catalog"
+	"github.com/bkrun/bkrun/stdlib/exec"
 	"github.com/bkrun/bkrun/stdlib/stream"
 	lua "github.com/yuin/gopher-lua"
 )
@@ -42,17 +44,28 @@ read-only loop device and mounted read-only (ext2/3/4 with ro,noload, so a
 dirty journal is left alone). The mount, the loop device and the temporary
 image are undone when the run ends, on error or signal, or by recover.detach.
 
+A snapshot backup (kind "snapshot": a read-only btrfs subvolume received by
+btrfs-snapsync.lua, with its entry SNAP.json) is a tree already: nothing is
+decoded. recover.verify checks it is still a read-only subvolume with the
+UUIDs its entry recorded; recover.restore makes a writable snapshot of it at a
+new path (btrfs subvolume snapshot), the rollback of the subvolume it mirrors;
+recover.files walks it, recover.extract copies from it, recover.attach returns
+its own path. A backup of a catalogue scanned over SFTP ("host:path") is
+refused by every function: run them on the backup server.
+
 Long steps draw a progress bar on a terminal. Under --dry-run, restore,
 attach, extract and files of an image print what they would do and change
 nothing; verify and files of a dump only read, and run as usual.`,
 	Funcs: []runtime.Func{
-		{Name: "verify", Sig: `recover.verify(b [, {catalog=cat}]) -> {ok=true, path=, kind=, bytes=, hash=, entries=, level=, date=}`,
+		{Name: "verify", Sig: `recover.verify(b [, {catalog=cat}]) -> {ok=true, path=, kind=, bytes=, hash=, entries=, level=, date=, uuid=, received_uuid=}`,
 			Doc: `Decode the backup and check it against its catalogue entry (size and hash),
 writing nothing. A dump is also walked: the decoded archive is piped into
 restore -t, which must read it without error; entries is the number of names
 it listed (an incremental lists only what it holds), level and date (Unix
-seconds) come from its header (see recover.header). Raises on a corrupt,
-truncated or unreadable backup, naming it.`},
+seconds) come from its header (see recover.header). A snapshot is not read:
+it must be a read-only btrfs subvolume (btrfs subvolume show) whose uuid and
+received_uuid, returned, match its entry. Raises on a corrupt, truncated or
+unreadable backup, or a snapshot missing, writable or replaced, naming it.`},
 		{Name: "header", Sig: `recover.header(b [, {catalog=cat}]) -> {level=, date=, base=}`,
 			Doc: `The header of a dump backup, read from its first decoded record: level, date
 (Unix seconds: restore -t's "Dump date", when dump started) and base (the -T
@@ -69,7 +82,11 @@ dump of the chain is first verified, then each is piped into restore -r run
 inside target, oldest first; restoresymtable is removed at the end and
 restore's temporary files are kept inside target until then. applied lists
 the dumps applied, oldest first. A chain with a missing level or a corrupt
-dump is refused before anything is written.`},
+dump is refused before anything is written. A snapshot is verified, then
+restored as a new writable subvolume at target (btrfs subvolume snapshot
+SNAP target): target must not exist (overwrite does not apply) and must be on
+the snapshot's btrfs filesystem. To roll a subvolume back, move it aside and
+restore the snapshot at its path.`},
 		{Name: "attach", Sig: `recover.attach(b [, {partition=n, scratch=dir}]) -> mountpoint`,
 			Doc: `Mount an image backup (or a raw image file) read-only on a temporary
 directory and return its path. A compressed backup is first decoded to a
@@ -81,7 +98,8 @@ partition or its only Linux partition (types linux, linux-root-x86-64,
 linux-home); otherwise the error lists the partitions. A file that has no
 partition table and no filesystem mount recognises is refused ("not a disk
 image") with nothing left attached. Unmounted and detached when the run ends
-or by recover.detach.`},
+or by recover.detach. A snapshot needs no mount: its own directory (read-only)
+is returned, and recover.detach of it does nothing.`},
 		{Name: "detach", Sig: `recover.detach(mountpoint)`,
 			Doc: `Undo recover.attach now: unmount, detach the loop device, remove the mount
 point and the temporary image. Raises if mountpoint was not made by
@@ -95,7 +113,7 @@ is still listed (recover.restore does remove it). exact=true lists exactly the
 tree of the last dump instead, by restoring the chain into a temporary
 directory in scratch and walking it (it needs the space and time of a full
 restore). For an image the image is attached read-only (as recover.attach),
-walked and detached.`},
+walked and detached; a snapshot's directory is walked.`},
 		{Name: "extract", Sig: `recover.extract(b, paths, dest [, {catalog=cat, exact=false, partition=n, scratch=dir}]) -> {path, ...}`,
 			Doc: `Copy files or directories (paths: a name or a list of names relative to the
 filesystem's root) out of a backup into dest (created if missing), keeping
@@ -106,7 +124,7 @@ holding it (restore -x), a directory from every dump holding part of it; as
 with recover.files, a name deleted between two dumps of the chain can come
 back: exact=true restores the chain into a temporary directory in scratch
 first and copies from there. From an image files are copied from a read-only
-mount.
+mount, from a snapshot out of its directory.
 Files are extracted into a fresh directory inside dest and then moved into
 place: an existing file is replaced, a directory merged into, a symbolic link
 in dest never followed.`},
@@ -221,6 +239,10 @@ func (b *binding) verify(L *lua.LState) int {
 	t.RawSetString("kind", lua.LString(r.Kind))
 	t.RawSetString("bytes", lua.LNumber(r.Bytes))
 	t.RawSetString("hash", lua.LString(r.Hash))
+	if r.Kind == catalog.KindSnapshot {
+		t.RawSetString("uuid", lua.LString(r.UUID))
+		t.RawSetString("received_uuid", lua.LString(r.ReceivedUUID))
+	}
 	if r.Kind == catalog.KindDump {
 		t.RawSetString("entries", lua.LNumber(r.Entries))
 		t.RawSetString("level", lua.LNumber(r.Header.Level))
@@ -273,6 +295,9 @@ func (b *binding) restore(L *lua.LState) int {
 				applied.Append(lua.LString(c.Path))
 			}
 			b.h.DryRunf("rm %s", filepath.Join(target, "restoresymtable"))
+		} else if bk.Kind == catalog.KindSnapshot {
+			b.h.DryRunf("recover.restore: check %s is a read-only subvolume, then %s", bk.Path, exec.Quote(btrfs.Argv(btrfs.SnapshotArgs(bk.Path, target, false)...)))
+			applied.Append(lua.LString(bk.Path))
 		} else {
 			b.h.DryRunf("stream.restore %s -> %s (verified against %s)", bk.Path, target, stream.MetaPath(bk.Path))
 			applied.Append(lua.LString(bk.Path))
@@ -307,6 +332,10 @@ func (b *binding) attach(L *lua.LState) int {
 	path := backupArg(L, 1, fn)
 	o := b.options(L, 2, fn, "partition", "scratch")
 	if b.h.DryRun() {
+		if bk, _, err := Resolve(path, o); err == nil && bk.Kind == catalog.KindSnapshot {
+			L.Push(lua.LString(bk.Path)) // nothing to do
+			return 1
+		}
 		b.h.DryRunf("recover.attach %s: decode to a temporary image if compressed, losetup --find --show --read-only (partition %s), mount -o ro on a temporary directory", path, partName(o.Partition))
 		L.Push(lua.LString(filepath.Join(o.scratch(), "bkrun-mnt-X")))
 		return 1
@@ -356,7 +385,7 @@ func (b *binding) files(L *lua.LState) int {
 	path := backupArg(L, 1, fn)
 	o := b.options(L, 2, fn, "catalog", "partition", "scratch", "exact")
 	if b.h.DryRun() {
-		if bk, _, err := Resolve(path, o); err != nil || bk.Kind != catalog.KindDump || o.Exact {
+		if bk, _, err := Resolve(path, o); err != nil || (bk.Kind != catalog.KindDump || o.Exact) && bk.Kind != catalog.KindSnapshot {
 			b.h.DryRunf("recover.files %s: attach read-only (or restore the dump chain into a temporary directory), walk, clean up", path)
 			L.Push(L.NewTable())
 			return 1

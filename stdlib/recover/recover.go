@@ -81,8 +81,13 @@ var ErrNoEntry = errors.New("no catalogue entry")
 // o.Catalog, or in a scan of the backup's directory, and returns it with
 // the catalogue it was found in. A file without an entry is ErrNoEntry; an
 // entry that catalog.Scan reports as a problem (data file truncated,
-// damaged entry) is an error giving the reason.
+// damaged entry, snapshot directory missing) is an error giving the
+// reason. A path "[user@]host:path" of a catalogue scanned over SFTP is
+// refused: recover works on the machine that holds the backups.
 func Resolve(path string, o Options) (*catalog.Backup, *catalog.Catalog, error) {
+	if err := remoteBackup(path); err != nil {
+		return nil, nil, err
+	}
 	path = strings.TrimSuffix(filepath.Clean(path), ".json")
 	given := path
 	if abs, err := filepath.Abs(path); err == nil {
@@ -144,11 +149,13 @@ func unwrapPath(err error) error {
 // VerifyResult is what Verify checked.
 type VerifyResult struct {
 	Path    string
-	Kind    string // catalog.KindImage, KindDump or KindStream
+	Kind    string // catalog.KindImage, KindDump, KindStream or KindSnapshot
 	Bytes   int64  // decoded bytes, equal to the catalogue's size
 	Hash    string
 	Entries int        // dumps: entries restore -t listed; 0 otherwise
 	Header  DumpHeader // dumps: level and dates from the archive's header
+	// Snapshots: the subvolume's UUIDs as btrfs reports them.
+	UUID, ReceivedUUID string
 }
 
 // Verify decodes the backup at path and checks it against its catalogue
@@ -156,10 +163,15 @@ type VerifyResult struct {
 // be a dump(8) header, and the decoded stream is piped both into restore
 // -t (Entries is the number of names it lists) and into restore -x -N,
 // which reads the whole archive and writes nothing; both must succeed.
+// A snapshot is not decoded: its directory must be a read-only btrfs
+// subvolume (btrfs subvolume show) with the UUIDs its entry recorded.
 func Verify(ctx context.Context, path string, o Options) (VerifyResult, error) {
 	b, _, err := Resolve(path, o)
 	if err != nil {
 		return VerifyResult{}, err
+	}
+	if b.Kind == catalog.KindSnapshot {
+		return verifySnapshot(ctx, b, o)
 	}
 	r := VerifyResult{Path: b.Path, Kind: b.Kind}
 	if b.Kind != catalog.KindDump {
@@ -208,10 +220,18 @@ type RestoreResult struct {
 // temporary files go to a directory inside target, removed afterwards, as
 // is the restoresymtable restore -r leaves. If restore itself fails half-way
 // the error says which dumps were applied: target is then partial.
+//
+// A snapshot is verified (see Verify) and restored as a writable snapshot
+// of it at target (btrfs subvolume snapshot): the rollback of the
+// subvolume it mirrors. target must not exist (Overwrite does not apply)
+// and must be on the snapshot's btrfs filesystem.
 func Restore(ctx context.Context, path, target string, o Options) (RestoreResult, error) {
 	b, chain, err := Chain(path, o)
 	if err != nil {
 		return RestoreResult{}, err
+	}
+	if b.Kind == catalog.KindSnapshot {
+		return restoreSnapshot(ctx, b, target, o)
 	}
 	r := RestoreResult{Target: target, Kind: b.Kind}
 	if b.Kind != catalog.KindDump {
@@ -243,7 +263,8 @@ type Entry struct {
 // dump); with o.Exact the chain is restored into a temporary directory
 // and walked instead, which lists exactly the tree of the last dump (Backup
 // is then the last dump for every name). For an image the image is
-// attached read-only (see Attach) and walked.
+// attached read-only (see Attach) and walked; a snapshot's directory is
+// walked as it is.
 func Files(ctx context.Context, path string, o Options) ([]Entry, error) {
 	b, _, err := Resolve(path, o)
 	if err != nil && !errors.Is(err, ErrNoEntry) {
@@ -251,6 +272,9 @@ func Files(ctx context.Context, path string, o Options) ([]Entry, error) {
 	}
 	if b != nil && b.Kind == catalog.KindDump {
 		return dumpFiles(ctx, path, o)
+	}
+	if b != nil && b.Kind == catalog.KindSnapshot {
+		return walkMount(&Mount{Path: b.Path, Image: b.Path})
 	}
 	m, err := Attach(ctx, path, o)
 	if err != nil {
@@ -275,7 +299,8 @@ func Files(ctx context.Context, path string, o Options) ([]Entry, error) {
 // (restore -x -a -o -u); like Files, this can bring back a name deleted
 // between two dumps of the chain. With o.Exact the chain is restored into
 // a temporary directory first and the names copied from there. From an
-// image the image is attached read-only and the files copied.
+// image the image is attached read-only and the files copied; from a
+// snapshot they are copied from its directory.
 func Extract(ctx context.Context, path string, names []string, dest string, o Options) ([]string, error) {
 	if len(names) == 0 {
 		return nil, errors.New("no file names given")
@@ -298,9 +323,12 @@ func Extract(ctx context.Context, path string, names []string, dest string, o Op
 	if st, err := os.Stat(dest); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("%s: not a directory", dest)
 	}
-	if b != nil && b.Kind == catalog.KindDump {
+	switch {
+	case b != nil && b.Kind == catalog.KindDump:
 		err = extractDump(ctx, path, rel, dest, o)
-	} else {
+	case b != nil && b.Kind == catalog.KindSnapshot:
+		err = copyOut(ctx, b.Path, b.Path, rel, dest, o)
+	default:
 		err = extractImage(ctx, path, rel, dest, o)
 	}
 	if err != nil {

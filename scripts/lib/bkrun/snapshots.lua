@@ -17,16 +17,18 @@ end
 
 -- snapshots.prune(names, keep, delete [, opts]) -> the pruned names.
 -- Of names, those that are snapshots (exactly a stamp, or with opts.prefix:
--- starting with it) are planned with retain.plan(_, keep); delete(name) is
--- called for each one the policy does not keep, except opts.protect, and
--- "pruned LABELNAME (reason)" is printed (opts.label: a prefix such as
--- "tank/vm@"). Other names are left alone.
+-- starting with it and not ending in ".json") are planned with
+-- retain.plan(_, keep); delete(name) is called for each one the policy
+-- does not keep, except opts.protect, and "pruned LABELNAME (reason)" is
+-- printed (opts.label: a prefix such as "tank/vm@"). Other names are left
+-- alone, catalogue entries (NAME.json) included: delete is expected to
+-- remove a snapshot's entry with it (btrfs-snapsync.lua does).
 function M.prune(names, keep, delete, opts)
   opts = opts or {}
   local mine = {}
   for _, n in ipairs(names) do
     local ok
-    if opts.prefix then ok = n:sub(1, #opts.prefix) == opts.prefix else ok = n:match(M.STAMP) end
+    if opts.prefix then ok = n:sub(1, #opts.prefix) == opts.prefix and not n:match("%.json$") else ok = n:match(M.STAMP) end
     if ok then mine[#mine + 1] = n end
   end
   local pruned = {}

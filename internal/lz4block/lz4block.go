@@ -7,7 +7,15 @@
 // It exists because the image backup is CPU-bound on block compression and
 // pierrec/lz4's compressor is ~30% slower than C's `lz4 -1` per core: its
 // 64 Ki-entry table (256 KiB, outside L1) guarded by an in-use bitmap costs a
-// third of its time. See docs/PERFORMANCE.md.
+// third of its time (docs/PERFORMANCE.md). This one makes the same choices
+// as C LZ4, so its output is byte-identical to `lz4 -1 -B1048576`'s blocks
+// (about 3% larger than pierrec's), at 1.3-1.7x pierrec's speed.
+//
+// Bounds checks: the compiler proves away those of the probe load and of
+// every table access; the candidate loads, the output writes and the
+// literal copy keep one compare each (a prove-friendly form is used where
+// it exists; see load64). Check with
+// go build -gcflags=-d=ssa/check_bce/debug=1.
 package lz4block
 
 import (
@@ -24,16 +32,17 @@ const (
 )
 
 // MaxBlockSize is the largest block the lz4 frame format allows (4 MiB).
-// Larger inputs are compressed correctly too, as long as they are shorter
-// than 2 GiB (positions are stored as uint32 and compared as ints), but
-// they are not valid in an lz4 frame.
+// Larger inputs are compressed correctly too, up to 2 GiB (positions are
+// stored as uint32; Compress declines anything larger), but such blocks
+// are not valid in an lz4 frame.
 const MaxBlockSize = 4 << 20
 
 const (
 	// hashLog: 4 Ki entries of uint32 = 16 KiB, as C LZ4 with its default
 	// LZ4_MEMORY_USAGE=14. The table stays in L1 next to the input and
-	// output streams; a larger table finds a few more matches (pierrec's
-	// 64 Ki entries) but its cache misses cost more than they save.
+	// output streams; a larger table finds more matches (pierrec's 64 Ki
+	// entries: ~3% smaller output) but its cache misses cost more time
+	// than the ratio is worth for a backup.
 	hashLog   = 12
 	tableSize = 1 << hashLog
 

@@ -279,3 +279,41 @@ func frameHeader(t *testing.T, size int) []byte {
 	}
 	return append([]byte(nil), b.Bytes()[:7]...)
 }
+
+// TestSameAsLZ4CLI compresses the benchmark's text with `lz4 -1` in 1 MiB
+// independent blocks and compares block by block: the ratio must be
+// within 2% of C LZ4's (it is the same parser, so the blocks are normally
+// byte-identical; that is logged, not required, as C LZ4 may change).
+func TestSameAsLZ4CLI(t *testing.T) {
+	lz4cmd := testenv.NeedCommand(t, "lz4")
+	data := benchText()[:4<<20]
+	p := filepath.Join(t.TempDir(), "text")
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	frame, err := exec.Command(lz4cmd, "-1", "-B1048576", "-BI", "--no-frame-crc", "-c", p).Output()
+	if err != nil {
+		t.Fatalf("lz4 -1: %v", err)
+	}
+	// Frame: magic, FLG, BD, HC, then blocks (4-byte size, high bit =
+	// stored raw), end mark.
+	i := 7
+	var s State
+	theirs, ours, identical := 0, 0, true
+	for off := 0; off < len(data); off += 1 << 20 {
+		size := binary.LittleEndian.Uint32(frame[i:])
+		blk := frame[i+4 : i+4+int(size&^(1<<31))]
+		i += 4 + len(blk)
+		mine, ok := Compress(nil, data[off:off+1<<20], &s)
+		if !ok {
+			mine = data[off : off+1<<20]
+		}
+		theirs += len(blk)
+		ours += len(mine)
+		identical = identical && bytes.Equal(mine, blk)
+	}
+	t.Logf("4 MiB of text: lz4 -1 %d bytes, lz4block %d bytes, byte-identical blocks: %v", theirs, ours, identical)
+	if d := ours - theirs; d*50 > theirs {
+		t.Errorf("lz4block output %d bytes, more than 2%% over lz4 -1's %d", ours, theirs)
+	}
+}

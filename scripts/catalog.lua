@@ -2,7 +2,8 @@ description = [[
 What is in a backup directory: every backup bkrun wrote, grouped by source, newest
 first, with kind, dump level, size and date; the dump chain each needs to restore;
 damaged catalogue entries, incomplete uploads and unknown files. With --verify each
-backup is also decoded and its hash checked (nothing is written).
+backup is also decoded and its hash checked (nothing is written); a btrfs snapshot is
+checked to be the read-only subvolume its entry recorded (recover.verify).
 
 Exit status 1 when anything is damaged or fails verification: run it from cron after
 the backups, and a broken backup is noticed before it is needed.
@@ -12,7 +13,7 @@ args = {
   { name = "verify", type = "boolean", help = "decode every backup and check its hash" },
 }
 
-local catalog, stream = require "catalog", require "stream"
+local catalog, recover, stream = require "catalog", require "recover", require "stream"
 
 local function human(n)
   local units, i = { "B", "KiB", "MiB", "GiB", "TiB" }, 1
@@ -31,7 +32,12 @@ function run(a)
     for _, b in ipairs(s.backups) do
       local state = ""
       if a.verify then
-        local ok, err = pcall(stream.verify, b.path)
+        local ok, err
+        if b.kind == "snapshot" then -- a received btrfs subvolume: nothing to decode
+          ok, err = pcall(recover.verify, b, { catalog = cat })
+        else
+          ok, err = pcall(stream.verify, b.path)
+        end
         state = ok and "verified" or ("CORRUPT: " .. tostring(err))
         if not ok then bad = bad + 1 end
       end

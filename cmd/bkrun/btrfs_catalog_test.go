@@ -176,6 +176,12 @@ end
 		t.Errorf("extracted mode %v, %v", st, err)
 	}
 
+	// scripts/catalog.lua --verify checks snapshots as subvolumes.
+	r = bkrun(t, "", "scripts/catalog.lua", dest, "--verify")
+	if r.code != 0 || strings.Count(r.stdout, " snapshot ") != 2 || strings.Count(r.stdout, "verified") != 2 {
+		t.Errorf("catalog.lua --verify: %+v", r)
+	}
+
 	// bkrun recover: ls shows the kind, verify and restore by number.
 	target2 := filepath.Join(dstFS, "rollback2")
 	r = bkrun(t, "ls()\nverify(1)\nrestore(2, \""+target2+"\")\nls()\n", "recover", dest)

@@ -297,4 +297,15 @@ end
 			t.Errorf("missing %q", want)
 		}
 	}
+
+	// Pruning on the remote side removes the entry with its snapshot.
+	runAfterASecond(t)
+	r = snapsync(t, append([]string{subvol, snapdir, remote, "--keep", "last=1"}, sshArgs...)...)
+	if !strings.Contains(r.stdout, "pruned "+snaps[0]) || !strings.Contains(r.stdout, "pruned "+snaps[1]) {
+		t.Errorf("remote pruning: %s", r.stdout)
+	}
+	snaps3, entries3 := snapshotMirror(t, rdest)
+	if len(snaps3) != 1 || fmt.Sprint(snaps3) != fmt.Sprint(entries3) {
+		t.Errorf("after remote pruning: snapshots %v, entries %v", snaps3, entries3)
+	}
 }

@@ -220,6 +220,9 @@ func TestBtrfsSnapsyncThroughReceiver(t *testing.T) {
 	if len(snaps) != 2 || len(entries) != 2 {
 		t.Fatalf("received %v, entries %v", snaps, entries)
 	}
+	if e := readSnapEntry(t, filepath.Join(dstFS, "mirror", entries[1])); e.Format != "bkrun-snapshot/1" || !strings.HasSuffix(e.Source, ":"+subvol) || e.Extra["parent"] != nil {
+		t.Errorf("entry written through the receiver: %+v", e)
+	}
 	if b, _ := os.ReadFile(filepath.Join(dstFS, "mirror", snaps[1], "data")); len(b) != 101 {
 		t.Errorf("newest mirror has %d bytes", len(b))
 	}

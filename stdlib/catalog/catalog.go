@@ -1,8 +1,11 @@
 // Package catalog finds the backups bkrun wrote under a directory, from the
 // catalogue entries (X.json, stream.Meta) that stream.copy writes next to
 // every backup X, groups them by source, and works out the dump chain a
-// restore needs. A damaged entry is reported as a Problem, never a crash;
-// files that are neither backups nor entries are listed as unknown.
+// restore needs. A received btrfs snapshot is a directory SNAP with its
+// entry SNAP.json (SnapshotEntry, written by WriteSnapshotEntry and its
+// SFTP and receiver variants). A damaged entry is reported as a Problem,
+// never a crash; files that are neither backups nor entries are listed as
+// unknown.
 package catalog
 
 import (

@@ -2,9 +2,11 @@
 // a backup without writing anything, restores an image or a whole dump
 // chain (level 0 and the incrementals leading to the one asked for),
 // attaches an image read-only as a browsable mount, lists the files of a
-// backup and extracts single files. It builds on catalog (which backups
-// exist, which dumps a chain needs), stream (decoding and hash checks),
-// part (partition tables, loop devices) and exec (restore(8), mount).
+// backup and extracts single files; a received btrfs snapshot is checked
+// and rolled back to (a writable snapshot of it) with btrfs itself. It
+// builds on catalog (which backups exist, which dumps a chain needs),
+// stream (decoding and hash checks), part (partition tables, loop
+// devices), btrfs and exec (restore(8), mount).
 //
 // Bytes are decoded in Go and piped straight into restore(8); every decoded
 // stream is checked against its catalogue entry (size and BLAKE3 tree hash).

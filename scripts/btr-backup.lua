@@ -1,8 +1,9 @@
 description = [[
 Snapshot backups on btrfs (seed 000): rsync SOURCE into the subvolume
 BASE/<host>/<path>/cur (created if missing), then keep a read-only snapshot of it
-named by the time (BASE/<host>/<path>/2026-11-22T03:00:00Z), and prune old snapshots
-with a retention policy. Unchanged files share their blocks between snapshots, so each
+named by the time (BASE/<host>/<path>/2026-11-22T03:00:00Z) with its catalogue entry
+(2026-11-22T03:00:00Z.json, for bkrun recover), and prune old snapshots with a
+retention policy. Unchanged files share their blocks between snapshots, so each
 snapshot costs only what changed: pdumpfs or rsync --link-dest, done by the filesystem.
 
 SOURCE is a local directory, or host:dir to pull from another host over ssh (rsync's
@@ -18,7 +19,7 @@ args = {
 }
 
 local exec, fs, log = require "exec", require "fs", require "log"
-local btrfs = require "btrfs"
+local btrfs, catalog = require "btrfs", require "catalog"
 local snapshots = require "bkrun.snapshots"
 
 local function where(source)
@@ -47,11 +48,18 @@ function run(a)
     error(("rsync exited %d: the copy in %s is incomplete; no snapshot taken"):format(r.status, cur), 0)
   end
 
-  local snap = dest .. "/" .. snapshots.stamp()
+  local stamp = snapshots.stamp()
+  local snap = dest .. "/" .. stamp
+  local previous = snapshots.list(fs.exists(dest) and fs.list(dest) or {})
   btrfs.snapshot(cur, snap, {readonly = true})
+  -- The catalogue entry (SNAP.json): bkrun recover and catalog.lua list it.
+  catalog.record(snap, {source = a.source, started = stamp, parent = previous[#previous]})
   print("snapshot " .. snap)
 
   if bkrun.dry_run and not fs.exists(dest) then return end
-  snapshots.prune(fs.list(dest), a.keep, function(n) btrfs.delete(dest .. "/" .. n) end)
+  snapshots.prune(fs.list(dest), a.keep, function(n)
+    if fs.exists(dest .. "/" .. n .. ".json") then fs.remove(dest .. "/" .. n .. ".json") end
+    btrfs.delete(dest .. "/" .. n)
+  end)
   lock:release()
 end

@@ -112,13 +112,7 @@ function run(a)
 
   -- The parent's name at DEST: the newest snapshot there, which the last
   -- successful run received from what is now snapshot-old.
-  local before = {}
-  if parent then
-    for _, n in ipairs(dest.list()) do
-      if n:match(snapshots.STAMP) then before[#before + 1] = n end
-    end
-    table.sort(before)
-  end
+  local before = parent and snapshots.list(dest.list()) or {}
   local stamp
   local ok, err = pcall(function()
     stamp = snapshots.stamp()

@@ -89,6 +89,25 @@ func TestBtrBackupRecipe(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(dest, "cur", "a.conf")); string(b) != "version III\n" {
 		t.Errorf("cur has %q", b)
 	}
+	// Each kept snapshot has its catalogue entry (the pruned one's went with
+	// it): the catalogue lists exactly the two, the newest with its parent,
+	// and nothing from inside them or from cur.
+	if _, err := os.Stat(filepath.Join(dest, filepath.Base(first)+".json")); err == nil {
+		t.Error("the pruned snapshot's entry is left")
+	}
+	r = bkrun(t, "", "-e", `local cat = catalog.scan(...)
+		local b = cat:backups()
+		print(table.concat(cat:unknown(), " "))
+		print(#b, #cat:problems(), b[1].kind, b[1].source, b[1].parent, b[2].path)`, base)
+	want := fmt.Sprintf("2\t0\tsnapshot\t%s:%s\t%s\t%s\n", host, src, snaps[0], filepath.Join(dest, snaps[0]))
+	if r.code != 0 || !strings.HasSuffix(r.stdout, want) {
+		t.Errorf("catalogue of the snapshots: %+v\nwant %q", r, want)
+	}
+	// Unknown: the lock and the live copy in cur, never a file inside a snapshot.
+	wantUnknown := strings.Join([]string{filepath.Join(dest, ".lock"), filepath.Join(dest, "cur", "a.conf"), filepath.Join(dest, "cur", "sub", "b")}, " ")
+	if got := strings.SplitN(r.stdout, "\n", 2)[0]; got != wantUnknown {
+		t.Errorf("unknown files: %q, want %q", got, wantUnknown)
+	}
 	// A failing rsync takes no snapshot and exits 1.
 	r = bkrun(t, "", "scripts/btr-backup.lua", "/nonexistent-source", base)
 	if r.code != 1 || !strings.Contains(r.stderr, "no snapshot taken") {

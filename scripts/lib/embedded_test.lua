@@ -34,6 +34,11 @@ function TestSnapshotsStamp(t)
   t:ok(not ("cur"):match(snapshots.STAMP), "cur is not a snapshot")
 end
 
+function TestSnapshotsList(t)
+  local got = snapshots.list({ "cur", "2026-11-22T03:00:00Z", "2026-11-22T03:00:00Z.json", "2026-11-21T03:00:00Z", ".lock" })
+  t:eq(got, { "2026-11-21T03:00:00Z", "2026-11-22T03:00:00Z" })
+end
+
 function TestSnapshotsPrune(t)
   local names = { "cur", ".lock", "2026-11-20T03:00:00Z", "2026-11-21T03:00:00Z", "2026-11-22T03:00:00Z" }
   local deleted = {}

@@ -15,6 +15,16 @@ function M.stamp(t)
   return os.date("!%Y-%m-%dT%H:%M:%SZ", t)
 end
 
+-- snapshots.list(names) -> the names that are stamps, oldest first.
+function M.list(names)
+  local out = {}
+  for _, n in ipairs(names) do
+    if n:match(M.STAMP) then out[#out + 1] = n end
+  end
+  table.sort(out)
+  return out
+end
+
 -- snapshots.prune(names, keep, delete [, opts]) -> the pruned names.
 -- Of names, those that are snapshots (exactly a stamp, or with opts.prefix:
 -- starting with it and not ending in ".json") are planned with

@@ -6,9 +6,10 @@
 #
 #   upload  1 GiB file:  bkrun conn:exec("cat > f", {stdin = disk.open(file)})
 #                        vs  ssh host 'cat > f' < file
-#   sftp    (for information) bkrun stream.copy{codec="none"} to host:path: SFTP,
-#           atomic rename, BLAKE3 hash and catalogue entry
-#   image   mixed image: bkrun scripts/disk-image.lua IMG host:path      (SFTP)
+#   remote  (for information) bkrun stream.copy{codec="none"} to host:path: the
+#           remote-file sink (SFTP creates, syncs and renames; the data goes
+#           through "cat > TMP" when the login runs commands), BLAKE3, catalogue
+#   image   mixed image: bkrun scripts/disk-image.lua IMG host:path      (remote-file sink)
 #   image-r              bkrun scripts/disk-image.lua --via receive ...  (bkrun receive)
 #                        vs  dd if=IMG iflag=direct bs=1M | lz4 -1 | ssh host 'cat > f'
 # Targets (2-core machine): upload >= 1.2x, image >= 1.7x.
@@ -82,7 +83,7 @@ for ((i = 0; i < ROUNDS; i++)); do
   e=$(now); secs "$s" "$e" >> "$T/b.ssh"
 done
 clean
-awk -v bk="$(median < "$T/c.bk")" 'BEGIN { printf "sftp    bkrun %6.3f s (%5.0f MiB/s)  stream.copy codec=none over SFTP: atomic rename, hash, catalogue\n", bk, 1024 / bk }'
+awk -v bk="$(median < "$T/c.bk")" 'BEGIN { printf "remote  bkrun %6.3f s (%5.0f MiB/s)  stream.copy codec=none to host:path: atomic rename, hash, catalogue\n", bk, 1024 / bk }'
 cp "$T/b.ssh" "$T/d.ssh"
 for t in a b d; do
   bk=$(median < "$T/$t.bk"); sh=$(median < "$T/$t.ssh")

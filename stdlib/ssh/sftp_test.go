@@ -28,8 +28,20 @@ func noPartials(t *testing.T, dir string) {
 	}
 }
 
+// Both data paths: through "cat > TMP" when the login runs commands, and
+// SFTP writes alone for an sftp-only login (ForceCommand internal-sftp),
+// which the probe detects.
 func TestCreateCommitAbort(t *testing.T) {
-	s := sshtest.Start(t, sshtest.Options{})
+	for name, o := range map[string]sshtest.Options{
+		"cat":       {},
+		"sftp-only": {ExtraConfig: []string{"ForceCommand internal-sftp"}},
+	} {
+		t.Run(name, func(t *testing.T) { createCommitAbort(t, o) })
+	}
+}
+
+func createCommitAbort(t *testing.T, so sshtest.Options) {
+	s := sshtest.Start(t, so)
 	c := dial(t, s, opts(s))
 	dir := t.TempDir()
 	target := filepath.Join(dir, "img.lz4")

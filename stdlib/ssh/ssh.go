@@ -73,6 +73,8 @@ type Conn struct {
 	lost      error // set when keepalive gave up
 	sftp      *sftp.Client
 	sftpErr   error
+	catProbed bool // canCat ran
+	catOK     bool // the login runs shell commands: file data can go through cat
 
 	dest string  // as given to Dial, for Redial
 	opts Options // as given to Dial

@@ -239,8 +239,23 @@ func TestCopyThroughReceiver(t *testing.T) {
 // file is removed over the still-open connection, and the backup already
 // there is untouched.
 func TestRemoteDiskFull(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts sshtest.Options
+		why  string
+	}{
+		// The login runs commands: the data goes through cat, which says why.
+		{"cat", sshtest.Options{}, "No space left on device"},
+		// An sftp-only login: SFTP cannot say why (SSH_FX_FAILURE); bkrun names the usual cause.
+		{"sftp-only", sshtest.Options{ExtraConfig: []string{"ForceCommand internal-sftp"}}, "usually a full disk or quota"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { remoteDiskFull(t, tc.opts, tc.why) })
+	}
+}
+
+func remoteDiskFull(t *testing.T, opts sshtest.Options, why string) {
 	testenv.NeedRoot(t)
-	_, run, _ := remoteHost(t)
+	_, run, _ := remoteHost(t, opts)
 	rdir := t.TempDir()
 	err := exec.Command("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", rdir).Run()
 	testenv.Need(t, err == nil, "mount -t tmpfs")
@@ -260,7 +275,7 @@ func TestRemoteDiskFull(t *testing.T) {
 	if err == nil {
 		t.Fatal("copy to a full remote disk succeeded")
 	}
-	if !strings.Contains(err.Error(), target) || !strings.Contains(err.Error(), "usually a full disk or quota") {
+	if !strings.Contains(err.Error(), target) || !strings.Contains(err.Error(), why) {
 		t.Errorf("error does not name the destination and the likely cause: %v", err)
 	}
 	if b, _ := os.ReadFile(target); string(b) != "previous backup" {

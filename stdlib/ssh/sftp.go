@@ -156,7 +156,6 @@ func (cs *catSession) why(err error) error {
 	return err
 }
 
-
 // Create starts writing path on the remote host. The bytes go to
 // DIR/.BASE.partial-RANDOM; nothing appears at path before Commit. A
 // missing directory, or an existing path without overwrite, is refused

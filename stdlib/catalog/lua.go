@@ -16,7 +16,7 @@ import (
 // Module binds catalog to Lua.
 var Module = &runtime.Module{
 	Name:    "catalog",
-	Summary: "The backups under a directory, grouped by source, with their dump chains",
+	Summary: "backup catalogue: what a directory (local or over SSH) holds, by source, with dump chains",
 	Doc: `catalog.scan reads the catalogue entries (X.json) that stream.copy writes
 next to every backup X, in a local directory and all its subdirectories
 (symbolic links are not followed). A backup is an entry whose data file is

@@ -18,7 +18,7 @@ import (
 // Module binds recover to Lua.
 var Module = &runtime.Module{
 	Name:    "recover",
-	Summary: "Get data back: verify a backup, restore an image or a dump chain, mount an image read-only, list and extract files",
+	Summary: "get data back: verify, restore an image, a dump chain or a snapshot, mount an image read-only, list and extract files",
 	Doc: `recover works on the backups stream.copy wrote: a backup is given as a table
 from catalog (cat:backups(), cat:find(); its field path is used) or as the path
 of the data file, whose catalogue entry X.json must exist (recover.attach and

@@ -27,6 +27,15 @@ import (
 )
 
 func main() {
+	if os.Getenv("GOMAXPROCS") == "" {
+		// The data path blocks in system calls (O_DIRECT reads, writes,
+		// sync_file_range); a P held by a blocked thread idles its CPU until
+		// the runtime's monitor takes it back. Twice as many Ps as CPUs
+		// keeps the CPUs busy: an image backup of the benchmark's mixed
+		// image went from 1.39 s to 1.21 s (median of 6, 2 vCPUs). The
+		// encoders stay at one per CPU (stream.Copy).
+		goruntime.GOMAXPROCS(2 * goruntime.NumCPU())
+	}
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// A backup must not grow with the size of what it copies. The data
 		// path holds ~25 MiB of buffers; this soft limit makes the garbage

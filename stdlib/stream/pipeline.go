@@ -53,7 +53,7 @@ type CopyOptions struct {
 	// under O_DIRECT the kernel does no readahead, so one outstanding read
 	// leaves the disk idle while a block is compressed. Default 4.
 	Readers int
-	// Workers hash and encode blocks. Default GOMAXPROCS.
+	// Workers hash and encode blocks. Default: one per CPU.
 	Workers int
 	// InBuffers bounds blocks being read or encoded (BlockSize each).
 	// Default 8.
@@ -131,7 +131,7 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 		readers = 4
 	}
 	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
+		workers = min(runtime.NumCPU(), runtime.GOMAXPROCS(0))
 	}
 	nIn, nOut := o.InBuffers, o.OutBlocks
 	if nIn <= 0 {

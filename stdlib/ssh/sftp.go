@@ -80,7 +80,8 @@ type catSession struct {
 
 // canCat tells, once per connection, whether the login runs shell
 // commands (it may be sftp-only: ForceCommand internal-sftp, a nologin
-// shell, a restricted key), by running echo with a short deadline.
+// shell, a restricted key, a server without cat), by running "echo | cat"
+// with a short deadline.
 func (c *Conn) canCat() bool {
 	c.mu.Lock()
 	probed, ok := c.catProbed, c.catOK
@@ -91,7 +92,7 @@ func (c *Conn) canCat() bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	const marker = "bkrun-cat-ok"
-	out, err := c.Output(ctx, "echo "+marker)
+	out, err := c.Output(ctx, "echo "+marker+" | cat") // needs a POSIX shell and cat
 	ok = err == nil && strings.HasSuffix(out, marker)
 	c.mu.Lock()
 	c.catProbed, c.catOK = true, ok
@@ -224,6 +225,15 @@ func (w fileWriter) Write(p []byte) (int, error) { return w.f.Write(p) }
 
 // TempPath is the temporary name the bytes are written to.
 func (f *RemoteFile) TempPath() string { return f.tmp }
+
+// DataPath tells how the bytes travel: "cat" (a command channel) or
+// "sftp" (SFTP writes, for logins that cannot run commands).
+func (f *RemoteFile) DataPath() string {
+	if f.cat != nil {
+		return "cat"
+	}
+	return "sftp"
+}
 
 // Conn is the connection the file is written over.
 func (f *RemoteFile) Conn() *Conn { return f.c }

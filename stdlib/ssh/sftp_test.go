@@ -36,11 +36,11 @@ func TestCreateCommitAbort(t *testing.T) {
 		"cat":       {},
 		"sftp-only": {ExtraConfig: []string{"ForceCommand internal-sftp"}},
 	} {
-		t.Run(name, func(t *testing.T) { createCommitAbort(t, o) })
+		t.Run(name, func(t *testing.T) { createCommitAbort(t, o, name) })
 	}
 }
 
-func createCommitAbort(t *testing.T, so sshtest.Options) {
+func createCommitAbort(t *testing.T, so sshtest.Options, path string) {
 	s := sshtest.Start(t, so)
 	c := dial(t, s, opts(s))
 	dir := t.TempDir()
@@ -49,6 +49,9 @@ func createCommitAbort(t *testing.T, so sshtest.Options) {
 	f, err := c.Create(target, false)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if want := strings.TrimSuffix(path, "-only"); f.DataPath() != want {
+		t.Errorf("data path %s, want %s", f.DataPath(), want)
 	}
 	h := sha256.New()
 	buf := make([]byte, 1<<20+17) // not aligned to the buffer or packets

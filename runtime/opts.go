@@ -55,6 +55,10 @@ func (o *Opts) bad(key, want string, v lua.LValue) {
 // Table is the underlying table, or nil.
 func (o *Opts) Table() *lua.LTable { return o.t }
 
+// Value is the raw value of key (nil when unset), for options that take
+// objects such as a connection or a source; the key counts as known.
+func (o *Opts) Value(key string) lua.LValue { return o.get(key) }
+
 // Has reports whether key is set.
 func (o *Opts) Has(key string) bool { return o.get(key) != lua.LNil }
 

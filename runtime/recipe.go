@@ -688,6 +688,25 @@ func ToLua(L *lua.LState, v any) lua.LValue {
 	return lua.LString(fmt.Sprint(v))
 }
 
+// FromLua converts a Lua value to plain Go data, the inverse of ToLua for
+// what encoding/json writes: strings, numbers, booleans and tables (as
+// maps with string keys); anything else becomes its string form.
+func FromLua(v lua.LValue) any {
+	switch x := v.(type) {
+	case lua.LString:
+		return string(x)
+	case lua.LNumber:
+		return float64(x)
+	case lua.LBool:
+		return bool(x)
+	case *lua.LTable:
+		m := map[string]any{}
+		x.ForEach(func(k, e lua.LValue) { m[k.String()] = FromLua(e) })
+		return m
+	}
+	return v.String()
+}
+
 // RunChunk runs source code given with -e or on standard input and returns
 // the values it returns.
 func (h *Host) RunChunk(src, name string, argv []string) ([]lua.LValue, error) {

@@ -208,7 +208,7 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 			const fn = "catalog.scan"
 			dir := runtime.CheckPath(L, 1, fn)
 			o := runtime.OptsAt(L, 2, fn)
-			sshV := optValue(o, "ssh")
+			sshV := o.Value("ssh")
 			o.Done(false)
 			var c *Catalog
 			var err error
@@ -229,28 +229,12 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 	})
 }
 
-// optValue reads a raw option value (marking it known to Done).
-func optValue(o *runtime.Opts, key string) lua.LValue {
-	o.Has(key)
-	if t := o.Table(); t != nil {
-		return t.RawGetString(key)
-	}
-	return lua.LNil
-}
-
 // connect returns the connection given as option ssh (a conn, or a table
 // of ssh options to dial dest with); done closes a connection it made.
 func connect(h *runtime.Host, L *lua.LState, sshV lua.LValue, dest, fn string) (*ssh.Conn, func()) {
-	if conn, ok := ssh.FromLua(sshV); ok {
+	conn, opts := ssh.ConnOption(L, sshV, 2, fn)
+	if conn != nil {
 		return conn, func() {}
-	}
-	var opts ssh.Options
-	switch v := sshV.(type) {
-	case *lua.LNilType:
-	case *lua.LTable:
-		opts = ssh.OptionsOf(L, runtime.OptsOf(L, v, 2, fn+" option 'ssh'"), 2, fn+" option 'ssh'")
-	default:
-		runtime.ArgError(L, 2, fn, "option 'ssh': a connection (ssh.connect) or a table of ssh options expected, got "+v.Type().String())
 	}
 	if dest == "" {
 		runtime.ArgError(L, 2, fn, "option 'ssh': a table of options needs a [user@]host:path")
@@ -269,10 +253,10 @@ func record(h *runtime.Host, L *lua.LState) int {
 	o := runtime.OptsAt(L, 2, fn)
 	source := o.String("source", "")
 	parent := o.String("parent", "")
-	sshV := optValue(o, "ssh")
-	recvV := optValue(o, "receiver")
-	startedV := optValue(o, "started")
-	extraV := optValue(o, "extra")
+	sshV := o.Value("ssh")
+	recvV := o.Value("receiver")
+	startedV := o.Value("started")
+	extraV := o.Value("extra")
 	o.Done(false)
 	if source == "" {
 		runtime.ArgError(L, 2, fn, "option 'source' (the host:path of the subvolume snapshotted) is required")
@@ -305,7 +289,7 @@ func record(h *runtime.Host, L *lua.LState) int {
 	switch v := extraV.(type) {
 	case *lua.LNilType:
 	case *lua.LTable:
-		v.ForEach(func(k, x lua.LValue) { e.Extra[k.String()] = plain(x) })
+		v.ForEach(func(k, x lua.LValue) { e.Extra[k.String()] = runtime.FromLua(x) })
 	default:
 		runtime.ArgError(L, 2, fn, "option 'extra': table expected, got "+v.Type().String())
 	}
@@ -390,23 +374,6 @@ func subvolumeIDs(h *runtime.Host, conn *ssh.Conn, snap string) (any, any, error
 		rv = r
 	}
 	return uv, rv, err
-}
-
-// plain converts an option value to what encoding/json writes.
-func plain(v lua.LValue) any {
-	switch x := v.(type) {
-	case lua.LString:
-		return string(x)
-	case lua.LNumber:
-		return float64(x)
-	case lua.LBool:
-		return bool(x)
-	case *lua.LTable:
-		m := map[string]any{}
-		x.ForEach(func(k, y lua.LValue) { m[k.String()] = plain(y) })
-		return m
-	}
-	return v.String()
 }
 
 func checkCat(L *lua.LState, fn string) *Catalog {

@@ -182,20 +182,17 @@ func (b *binding) options(L *lua.LState, n int, fn string, keys ...string) Optio
 	for _, k := range keys {
 		switch k {
 		case "catalog":
-			if v := o.Table(); v != nil {
-				switch c := v.RawGetString("catalog").(type) {
-				case *lua.LNilType:
-				case *lua.LUserData:
-					cat, ok := c.Value.(*catalog.Catalog)
-					if !ok {
-						runtime.ArgError(L, n, fn, "option 'catalog': a catalogue (catalog.scan) expected")
-					}
-					opts.Catalog = cat
-				default:
-					runtime.ArgError(L, n, fn, "option 'catalog': a catalogue (catalog.scan) expected, got "+c.Type().String())
+			switch c := o.Value("catalog").(type) {
+			case *lua.LNilType:
+			case *lua.LUserData:
+				cat, ok := c.Value.(*catalog.Catalog)
+				if !ok {
+					runtime.ArgError(L, n, fn, "option 'catalog': a catalogue (catalog.scan) expected")
 				}
+				opts.Catalog = cat
+			default:
+				runtime.ArgError(L, n, fn, "option 'catalog': a catalogue (catalog.scan) expected, got "+c.Type().String())
 			}
-			o.Has("catalog")
 		case "partition":
 			p := o.Int("partition", 0)
 			if p < 0 {

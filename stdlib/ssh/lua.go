@@ -203,8 +203,8 @@ func (b *binding) exec(L *lua.LState, output bool) int {
 	var stdout io.Writer
 	check := true
 	if !output {
-		sinkFile, stdout = stdoutOf(L, optValue(o, "stdout"), fn)
-		switch v := optValue(o, "stdin").(type) {
+		sinkFile, stdout = stdoutOf(L, o.Value("stdout"), fn)
+		switch v := o.Value("stdin").(type) {
 		case *lua.LNilType:
 		case lua.LString:
 			stdin = strings.NewReader(string(v))
@@ -302,6 +302,24 @@ func ParseOptions(L *lua.LState, n int, fn string) Options {
 	return OptionsOf(L, runtime.OptsAt(L, n, fn), n, fn)
 }
 
+// ConnOption reads option 'ssh' of a primitive that reaches another host:
+// a connection from ssh.connect (returned as conn), a table of connection
+// options (returned as opts, to dial with later), or nil.
+func ConnOption(L *lua.LState, v lua.LValue, n int, fn string) (conn *Conn, opts Options) {
+	if c, ok := FromLua(v); ok {
+		return c, Options{}
+	}
+	switch t := v.(type) {
+	case *lua.LNilType:
+	case *lua.LTable:
+		where := fn + " option 'ssh'"
+		opts = OptionsOf(L, runtime.OptsOf(L, t, n, where), n, where)
+	default:
+		runtime.ArgError(L, n, fn, "option 'ssh': a connection (ssh.connect) or a table of ssh options expected, got "+v.Type().String())
+	}
+	return nil, opts
+}
+
 // OptionsOf reads connection options from an options table.
 func OptionsOf(L *lua.LState, o *runtime.Opts, n int, fn string) Options {
 	opts := Options{
@@ -319,12 +337,7 @@ func OptionsOf(L *lua.LState, o *runtime.Opts, n int, fn string) Options {
 	if opts.Port < 0 || opts.Port > 65535 {
 		runtime.ArgError(L, n, fn, fmt.Sprintf("option 'port': %d is not a port", opts.Port))
 	}
-	o.Has("identity")
-	var idv lua.LValue = lua.LNil
-	if t := o.Table(); t != nil {
-		idv = t.RawGetString("identity")
-	}
-	switch v := idv.(type) {
+	switch v := o.Value("identity").(type) {
 	case *lua.LNilType:
 	case lua.LString:
 		opts.Identity = []string{string(v)}
@@ -341,15 +354,6 @@ func OptionsOf(L *lua.LState, o *runtime.Opts, n int, fn string) Options {
 	}
 	o.Done(false)
 	return opts
-}
-
-// optValue reads a raw option value (marking it known to Done).
-func optValue(o *runtime.Opts, key string) lua.LValue {
-	o.Has(key)
-	if t := o.Table(); t != nil {
-		return t.RawGetString(key)
-	}
-	return lua.LNil
 }
 
 // btrfsReceive is conn:btrfs_receive(dir, source [, opts]).

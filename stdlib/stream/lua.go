@@ -139,12 +139,11 @@ func luaCopy(h *runtime.Host, L *lua.LState) int {
 		runtime.TypeError(L, 1, fn, "table")
 	}
 	o := runtime.OptsOf(L, t, 1, fn)
-	fromV := t.RawGetString("from")
-	o.Has("from")
+	fromV := o.Value("from")
 	// to is a path, [user@]host:path, or a remote file from conn:create.
 	var toFile *ssh.RemoteFile
 	to := ""
-	switch v := t.RawGetString("to").(type) {
+	switch v := o.Value("to").(type) {
 	case *lua.LNilType:
 	case lua.LString:
 		to = string(v)
@@ -155,24 +154,20 @@ func luaCopy(h *runtime.Host, L *lua.LState) int {
 		}
 		toFile, to = f, f.Conn().String()+":"+f.Path
 	}
-	o.Has("to")
 	codec := o.String("codec", "lz4")
 	overwrite := o.Bool("overwrite", false)
 	verify := o.Bool("verify", false)
 	workers := o.Int("workers", 0)
-	sshV := t.RawGetString("ssh")
-	o.Has("ssh")
+	sshV := o.Value("ssh")
 	via := o.String("via", "sftp")
 	receiverCmd := o.String("receiver", "bkrun receive")
 	if via != "sftp" && via != "receive" {
 		runtime.ArgError(L, 1, fn, fmt.Sprintf("option 'via': %q is not sftp or receive", via))
 	}
 	var extra map[string]any
-	if mv, ok := t.RawGetString("meta").(*lua.LTable); ok {
-		extra = map[string]any{}
-		mv.ForEach(func(k, v lua.LValue) { extra[k.String()] = fromLua(v) })
+	if mv, ok := o.Value("meta").(*lua.LTable); ok {
+		extra = runtime.FromLua(mv).(map[string]any)
 	}
-	o.Has("meta")
 	o.Done(false)
 	if fromV == lua.LNil {
 		runtime.ArgError(L, 1, fn, "option 'from' is required")
@@ -188,19 +183,7 @@ func luaCopy(h *runtime.Host, L *lua.LState) int {
 	if toFile != nil {
 		remote = true
 	}
-	var sshConn *ssh.Conn
-	var sshOpts ssh.Options
-	switch v := sshV.(type) {
-	case *lua.LNilType:
-	case *lua.LTable:
-		sshOpts = ssh.OptionsOf(L, runtime.OptsOf(L, v, 1, fn+" option 'ssh'"), 1, fn+" option 'ssh'")
-	default:
-		c, ok := ssh.FromLua(v)
-		if !ok {
-			runtime.ArgError(L, 1, fn, "option 'ssh': a connection (ssh.connect) or a table of ssh options expected, got "+v.Type().String())
-		}
-		sshConn = c
-	}
+	sshConn, sshOpts := ssh.ConnOption(L, sshV, 1, fn)
 	if remote && verify {
 		runtime.ArgError(L, 1, fn, "option 'verify': not supported for a remote destination yet (the size is checked on the server before the rename)")
 	}
@@ -428,22 +411,6 @@ func metaTable(L *lua.LState, m *Meta) *lua.LTable {
 		set("extra", runtime.ToLua(L, m.Extra))
 	}
 	return t
-}
-
-func fromLua(v lua.LValue) any {
-	switch x := v.(type) {
-	case lua.LString:
-		return string(x)
-	case lua.LNumber:
-		return float64(x)
-	case lua.LBool:
-		return bool(x)
-	case *lua.LTable:
-		m := map[string]any{}
-		x.ForEach(func(k, e lua.LValue) { m[k.String()] = fromLua(e) })
-		return m
-	}
-	return v.String()
 }
 
 func summaryLine(t *lua.LTable) string {

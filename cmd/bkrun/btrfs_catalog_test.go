@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/bkrun/bkrun/internal/sshtest"
+	"github.com/bkrun/bkrun/internal/testenv"
 	"github.com/bkrun/bkrun/stdlib/btrfs"
 )
 
@@ -72,7 +73,7 @@ func snapsync(t *testing.T, args ...string) result {
 // snapshot at a new path), lists and extracts files; pruning removes a
 // snapshot with its entry; an entry without its snapshot is a problem.
 func TestBtrfsSnapsyncCatalogue(t *testing.T) {
-	srcFS, dstFS := btrfsMount(t), btrfsMount(t)
+	srcFS, dstFS := testenv.BtrfsMount(t), testenv.BtrfsMount(t)
 	subvol, snapdir := filepath.Join(srcFS, "share"), filepath.Join(srcFS, "snapshots")
 	runCmd(t, "btrfs", "subvolume", "create", subvol)
 	mkdir(t, snapdir)
@@ -250,7 +251,7 @@ end
 // there over SFTP, and a remote catalog.scan lists them; recover refuses
 // the remote paths.
 func TestBtrfsSnapsyncCatalogueRemote(t *testing.T) {
-	srcFS, dstFS := btrfsMount(t), btrfsMount(t)
+	srcFS, dstFS := testenv.BtrfsMount(t), testenv.BtrfsMount(t)
 	subvol, snapdir := filepath.Join(srcFS, "share"), filepath.Join(srcFS, "snapshots")
 	runCmd(t, "btrfs", "subvolume", "create", subvol)
 	mkdir(t, snapdir)

@@ -12,35 +12,11 @@ import (
 	"github.com/bkrun/bkrun/internal/testenv"
 )
 
-// btrfsMount makes a btrfs filesystem on a loop-mounted sparse file.
-func btrfsMount(t *testing.T) string {
-	t.Helper()
-	testenv.NeedRoot(t)
-	testenv.NeedCommand(t, "mkfs.btrfs")
-	dir, err := os.MkdirTemp("/var/tmp", "bkrun-btr-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
-	os.Mkdir(mnt, 0o755)
-	f, _ := os.Create(img)
-	f.Truncate(256 << 20)
-	f.Close()
-	if out, err := exec.Command("mkfs.btrfs", "-q", img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.btrfs: %v %s", err, out)
-	}
-	out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput()
-	testenv.Need(t, err == nil, "mount -o loop of a btrfs image: "+string(out))
-	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
-	return mnt
-}
-
 // Seed 000 end to end: real rsync into a real btrfs subvolume, read-only
 // snapshots that keep each run's content, pruning by policy.
 func TestBtrBackupRecipe(t *testing.T) {
 	testenv.NeedCommand(t, "rsync")
-	base := btrfsMount(t)
+	base := testenv.BtrfsMount(t)
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "a.conf"), []byte("version 1\n"), 0o644)
 	os.MkdirAll(filepath.Join(src, "sub"), 0o755)
@@ -124,7 +100,7 @@ func runAfterASecond(t *testing.T) {
 // to a "remote" host through a real sshd; a failing receive keeps the old
 // parent and removes the new snapshot.
 func TestBtrfsSnapsyncRecipe(t *testing.T) {
-	srcFS, dstFS := btrfsMount(t), btrfsMount(t)
+	srcFS, dstFS := testenv.BtrfsMount(t), testenv.BtrfsMount(t)
 	subvol, snapdir := filepath.Join(srcFS, "share"), filepath.Join(srcFS, "snapshots")
 	if out, err := exec.Command("btrfs", "subvolume", "create", subvol).CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
@@ -206,7 +182,7 @@ func TestBtrfsSnapsyncRecipe(t *testing.T) {
 // --via receive: the destination key can only run `bkrun receive`, which
 // verifies each stream before applying it and names the snapshot.
 func TestBtrfsSnapsyncThroughReceiver(t *testing.T) {
-	srcFS, dstFS := btrfsMount(t), btrfsMount(t)
+	srcFS, dstFS := testenv.BtrfsMount(t), testenv.BtrfsMount(t)
 	subvol, snapdir := filepath.Join(srcFS, "share"), filepath.Join(srcFS, "snapshots")
 	if out, err := exec.Command("btrfs", "subvolume", "create", subvol).CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)

@@ -80,3 +80,48 @@ func Shims(t testing.TB, shimDir string) (calls func() string, state string) {
 	t.Setenv("SHIM_STATE", state)
 	return func() string { b, _ := os.ReadFile(log); return string(b) }, state
 }
+
+// BtrfsMount makes a 256 MiB btrfs filesystem in a sparse file under
+// /var/tmp, mounts it (a loop device the kernel frees on unmount) and
+// returns the mount point. When the test ends it is unmounted, checked to
+// have left no loop device, and removed.
+func BtrfsMount(t testing.TB) string {
+	t.Helper()
+	NeedRoot(t)
+	for _, c := range []string{"mkfs.btrfs", "btrfs", "mount", "umount", "losetup"} {
+		NeedCommand(t, c)
+	}
+	_, err := os.Stat("/dev/loop-control")
+	Need(t, err == nil, "loop devices (/dev/loop-control)")
+	dir, err := os.MkdirTemp("/var/tmp", "bkrun-btrfs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 256<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.btrfs", "-q", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.btrfs: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount -o loop %s: %v\n%s", img, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v\n%s", mnt, err, out)
+			return
+		}
+		if out, _ := exec.Command("losetup", "-j", img).Output(); len(bytes.TrimSpace(out)) > 0 {
+			t.Errorf("loop device left attached: %s", out)
+		}
+	})
+	return mnt
+}

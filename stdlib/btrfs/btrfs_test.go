@@ -17,47 +17,6 @@ import (
 	"github.com/bkrun/bkrun/stdlib/stream"
 )
 
-// loopFS makes a 256 MiB btrfs filesystem in a sparse file, mounts it on
-// a temporary directory and returns the mount point. The unmount (which
-// also detaches the auto-created loop device) runs at the end of the test.
-func loopFS(t *testing.T) string {
-	t.Helper()
-	testenv.NeedRoot(t)
-	testenv.NeedCommand(t, "mkfs.btrfs")
-	testenv.NeedCommand(t, "btrfs")
-	testenv.NeedCommand(t, "mount")
-	_, err := os.Stat("/dev/loop-control")
-	testenv.Need(t, err == nil, "loop devices (/dev/loop-control)")
-	img := filepath.Join(t.TempDir(), "fs.img")
-	f, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(256 << 20); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	ctx := context.Background()
-	if _, err := exec.Run(ctx, exec.Cmd{Argv: []string{"mkfs.btrfs", "-q", img}, Capture: true}); err != nil {
-		t.Fatal(err)
-	}
-	mnt := t.TempDir()
-	if _, err := exec.Run(ctx, exec.Cmd{Argv: []string{"mount", "-o", "loop", img, mnt}, Capture: true}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if _, err := exec.Run(ctx, exec.Cmd{Argv: []string{"umount", mnt}, Capture: true}); err != nil {
-			t.Errorf("umount: %v", err)
-			return
-		}
-		res, err := exec.Run(ctx, exec.Cmd{Argv: []string{"losetup", "-j", img}, Capture: true})
-		if err == nil && strings.TrimSpace(res.Stdout) != "" {
-			t.Errorf("loop device left attached: %s", res.Stdout)
-		}
-	})
-	return mnt
-}
-
 func writeFile(t *testing.T, path, data string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
@@ -145,7 +104,7 @@ func TestReceivedName(t *testing.T) {
 }
 
 func TestSubvolumeLifecycle(t *testing.T) {
-	mnt := loopFS(t)
+	mnt := testenv.BtrfsMount(t)
 	ctx := context.Background()
 	cur := filepath.Join(mnt, "cur")
 	if err := Create(ctx, cur); err != nil {
@@ -207,7 +166,7 @@ func TestSubvolumeLifecycle(t *testing.T) {
 // fixture: two filesystems, a subvolume with some files and a read-only
 // snapshot of it on the first.
 func fixture(t *testing.T) (src, dst, cur, snap1 string) {
-	src, dst = loopFS(t), loopFS(t)
+	src, dst = testenv.BtrfsMount(t), testenv.BtrfsMount(t)
 	ctx := context.Background()
 	cur = filepath.Join(src, "cur")
 	if err := Create(ctx, cur); err != nil {
@@ -294,7 +253,7 @@ func TestReceiveMissingParent(t *testing.T) {
 // Sending a writable subvolume fails in btrfs send; the stream reports it
 // as a read error, never as a clean (empty) stream.
 func TestSendNotReadOnly(t *testing.T) {
-	src := loopFS(t)
+	src := testenv.BtrfsMount(t)
 	ctx := context.Background()
 	cur := filepath.Join(src, "cur")
 	if err := Create(ctx, cur); err != nil {

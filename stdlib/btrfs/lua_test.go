@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bkrun/bkrun/internal/testenv"
 	"github.com/bkrun/bkrun/runtime/luatest"
 	"github.com/bkrun/bkrun/stdlib/stream"
 )
@@ -14,7 +15,7 @@ import (
 const prelude = `local btrfs, stream = require "btrfs", require "stream"; `
 
 func TestLuaSnapshotSendReceive(t *testing.T) {
-	src, dst := loopFS(t), loopFS(t)
+	src, dst := testenv.BtrfsMount(t), testenv.BtrfsMount(t)
 	if err := Create(context.Background(), filepath.Join(src, "cur")); err != nil {
 		t.Fatal(err)
 	}

@@ -6,12 +6,14 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/bkrun/bkrun/internal/testenv"
 )
 
 // IsReadOnly tells a read-only snapshot from a writable subvolume with
 // one ioctl, and refuses what is not a subvolume.
 func TestIsReadOnly(t *testing.T) {
-	mnt := loopFS(t)
+	mnt := testenv.BtrfsMount(t)
 	ctx := context.Background()
 	cur, ro, rw := filepath.Join(mnt, "cur"), filepath.Join(mnt, "ro"), filepath.Join(mnt, "rw")
 	if err := Create(ctx, cur); err != nil {

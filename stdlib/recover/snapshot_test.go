@@ -7,36 +7,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bkrun/bkrun/internal/testenv"
 	"github.com/bkrun/bkrun/stdlib/btrfs"
 	"github.com/bkrun/bkrun/stdlib/catalog"
 )
-
-// btrfsFS makes a btrfs filesystem on a loop-mounted sparse file under
-// /var/tmp, unmounted (and its loop device freed) when the test ends.
-func btrfsFS(t *testing.T) string {
-	t.Helper()
-	needTools(t, "mkfs.btrfs", "btrfs", "mount", "umount")
-	dir, err := os.MkdirTemp("/var/tmp", "bkrun-recover-btr-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
-	os.Mkdir(mnt, 0o755)
-	f, _ := os.Create(img)
-	f.Truncate(256 << 20)
-	f.Close()
-	run(t, "mkfs.btrfs", "-q", img)
-	run(t, "mount", "-o", "loop", img, mnt)
-	t.Cleanup(func() { run(t, "umount", mnt) })
-	return mnt
-}
 
 // A snapshot backup: verify checks read-only and the recorded UUIDs,
 // restore makes a writable snapshot at a new path only, files and extract
 // read the directory, attach returns it; a remote path is refused.
 func TestSnapshotBackup(t *testing.T) {
-	mnt := btrfsFS(t)
+	mnt := testenv.BtrfsMount(t)
 	ctx := context.Background()
 	cur, mirror := filepath.Join(mnt, "cur"), filepath.Join(mnt, "mirror")
 	if err := btrfs.Create(ctx, cur); err != nil {

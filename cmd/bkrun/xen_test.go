@@ -355,6 +355,48 @@ func TestXenBackupChainRestores(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(target, "restoresymtable")); err == nil {
 		t.Error("restoresymtable left in the target")
 	}
+	// The same from the shell with scripts/restore.lua: the whole chain,
+	// the names, one file.
+	latest := filepath.Join(dir, "1."+stamp+".dump.lz4")
+	target2 := filepath.Join(r.dir, "restored2")
+	out = bkrun(t, "", "-q", "scripts/restore.lua", latest, target2)
+	if out.code != 0 || !strings.Contains(out.stdout, "applied 2/2: "+latest) {
+		t.Fatalf("restore.lua: %+v", out)
+	}
+	if b, _ := os.ReadFile(filepath.Join(target2, "new.txt")); string(b) != "written after the full dump\n" {
+		t.Errorf("restore.lua: new.txt %q", b)
+	}
+	if out = bkrun(t, "", "-q", "scripts/restore.lua", "--list", latest); out.code != 0 || !strings.Contains(out.stdout, "new.txt\n") || !strings.Contains(out.stdout, "file1.txt\n") {
+		t.Errorf("restore.lua --list: %+v", out)
+	}
+	one := filepath.Join(r.dir, "one")
+	if out = bkrun(t, "", "-q", "scripts/restore.lua", "--path", "new.txt", latest, one); out.code != 0 {
+		t.Errorf("restore.lua --path: %+v", out)
+	}
+	if b, _ := os.ReadFile(filepath.Join(one, "new.txt")); string(b) != "written after the full dump\n" {
+		t.Errorf("restore.lua --path: new.txt %q", b)
+	}
+	if ents, _ := os.ReadDir(one); len(ents) != 1 {
+		t.Errorf("restore.lua --path extracted %d names", len(ents))
+	}
+	out = bkrun(t, "", "-q", "scripts/restore.lua", "--path", "not-there.txt", latest, filepath.Join(r.dir, "none"))
+	if out.code != 1 || !strings.Contains(out.stderr, "not-there.txt") {
+		t.Errorf("restore.lua of a name not in the backup: %+v", out)
+	}
+	if _, err := os.Stat(filepath.Join(r.dir, "none", "not-there.txt")); err == nil {
+		t.Error("a missing name was written")
+	}
+	// A chain whose level 0 is gone is refused before anything is written.
+	os.Rename(filepath.Join(dir, "1.prev.dump.lz4"), filepath.Join(r.dir, "hidden"))
+	out = bkrun(t, "", "-q", "scripts/restore.lua", latest, filepath.Join(r.dir, "broken"))
+	if out.code != 1 || !strings.Contains(out.stderr, "master/1") {
+		t.Errorf("restore.lua of a broken chain: %+v", out)
+	}
+	if _, err := os.Stat(filepath.Join(r.dir, "broken")); err == nil {
+		t.Error("a broken chain created its target")
+	}
+	t.Logf("broken chain: %s", out.stderr)
+	os.Rename(filepath.Join(r.dir, "hidden"), filepath.Join(dir, "1.prev.dump.lz4"))
 	if res := r.run(t, "--level", "12"); res.code != 2 || !strings.Contains(res.stderr, "--level must be 0 to 9") || strings.Contains(r.log(), "pause master\nxl pause") {
 		t.Errorf("--level 12: %+v", res)
 	}

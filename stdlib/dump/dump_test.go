@@ -178,6 +178,7 @@ func TestLua(t *testing.T) {
 		`dump.stream("/dev/x", {level = 10})`: "a dump level is 0 to 9",
 		`dump.stream("/dev/x", {level = 3})`:  "an incremental (level > 0) needs the date",
 		`dump.stream("/dev/x", {levle = 0})`:  "levle",
+		`dump.stream("/nonexistent/dev")`:     "dump.stream: stat /nonexistent/dev: no such file or directory",
 	} {
 		if got := lh.RunErr(t, src); !strings.Contains(got, want) {
 			t.Errorf("%s: %q, want %q", src, got, want)

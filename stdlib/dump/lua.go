@@ -2,6 +2,7 @@ package dump
 
 import (
 	"context"
+	"os"
 	"strings"
 	"time"
 
@@ -109,6 +110,11 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 				h.DryRunf("exec: %s |", name)
 				runtime.PushObject(L, NewSource(dryRun{strings.NewReader("")}, name), sourceType)
 				return 1
+			}
+			// dump reads a missing path as a directory of the root
+			// filesystem and says so confusingly; name the path instead.
+			if _, err := os.Stat(device); err != nil {
+				runtime.Raise(L, fn, err)
 			}
 			h.Logger().Debug("dump", "cmd", name)
 			r, err := exec.Stream(h.Context(), exec.Cmd{Argv: argv})

@@ -8,7 +8,7 @@
 #                        vs  ssh host 'cat > f' < file
 #   remote  (for information) bkrun stream.copy{codec="none"} to host:path: the
 #           remote-file sink (SFTP creates, syncs and renames; the data goes
-#           through "cat > TMP" when the login runs commands), BLAKE3, catalogue
+#           through "cat >> TMP" when the login runs commands), BLAKE3, catalogue
 #   image   mixed image: bkrun scripts/disk-image.lua IMG host:path      (remote-file sink)
 #   image-r              bkrun scripts/disk-image.lua --via receive ...  (bkrun receive)
 #                        vs  dd if=IMG iflag=direct bs=1M | lz4 -1 | ssh host 'cat > f'

@@ -50,7 +50,7 @@ A non-zero exit raises "ssh: user@host:port: remote command "cmd" exited N:
 <last lines of stderr>" unless check=false.`},
 		{Name: "conn:create", Sig: "conn:create(path [, {overwrite=false}]) -> file",
 			Doc: `Start writing a remote file over SFTP (a plain OpenSSH server needs nothing
-else; when the login may run commands the bytes go through "cat > TEMP" on a
+else; when the login may run commands the bytes go through "cat >> TEMP" on a
 second channel, twice as fast). The bytes go to DIR/.NAME.partial-RANDOM; nothing appears at path
 until the file is committed: by stream.copy{to = file} (which also writes the
 catalogue entry path.json), by conn:exec{stdout = file} when the command

@@ -65,7 +65,7 @@ type RemoteFile struct {
 	cat       *catSession // the data path when the login runs commands; nil: SFTP writes
 }
 
-// catSession carries a file's bytes through "cat > TMP" on its own channel.
+// catSession carries a file's bytes through "cat >> TMP" on its own channel.
 // SFTP writes are requests that the server's sftp-server answers one by
 // one; a plain channel streams at the transport's speed (bench/ssh.sh:
 // about twice the rate on the same machine). SFTP still creates the
@@ -113,7 +113,11 @@ func (c *Conn) startCat(tmp string) (*catSession, error) {
 	}
 	cs := &catSession{s: s, in: in, tail: &tailBuffer{max: 4 << 10}}
 	s.Stderr = cs.tail
-	if err := s.Start("cat > " + exec.Quote([]string{tmp})); err != nil {
+	// Append to the file SFTP created, and only if it is still there: a
+	// shell that starts late (the connection died, the clean-up already
+	// removed the file over a new one) must not create it again.
+	q := exec.Quote([]string{tmp})
+	if err := s.Start("test -f " + q + " && exec cat >> " + q); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -350,9 +354,9 @@ func (f *RemoteFile) Abort() error {
 
 func (f *RemoteFile) abort() error {
 	if f.cat != nil {
-		// Let cat end before the file is removed: a shell that had not yet
-		// run its "> TMP" would otherwise create the file again after the
-		// removal. End of input ends it; a dead connection ends the wait.
+		// Let cat end before the file is removed (end of input ends it; a
+		// dead connection ends the wait; a shell starting later finds no
+		// file and does not create one).
 		f.cat.in.Close()
 		f.cat.wait(5 * time.Second)
 		f.cat.s.Close()

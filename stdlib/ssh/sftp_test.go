@@ -28,7 +28,7 @@ func noPartials(t *testing.T, dir string) {
 	}
 }
 
-// Both data paths: through "cat > TMP" when the login runs commands, and
+// Both data paths: through "cat >> TMP" when the login runs commands, and
 // SFTP writes alone for an sftp-only login (ForceCommand internal-sftp),
 // which the probe detects.
 func TestCreateCommitAbort(t *testing.T) {

@@ -38,9 +38,11 @@ func main() {
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// A backup must not grow with the size of what it copies. The data
-		// path holds ~25 MiB of buffers; this soft limit makes the garbage
-		// collector work harder before the heap doubles past it.
-		debug.SetMemoryLimit(40 << 20)
+		// path holds ~36 MiB of buffers, allocated once; this soft limit
+		// makes the garbage collector work harder before the heap doubles
+		// past them. It must stay well above them: at 40 MiB the collector
+		// ran 170 times in a 1 GiB backup and cost a third more CPU.
+		debug.SetMemoryLimit(64 << 20)
 	}
 	os.Exit(Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }

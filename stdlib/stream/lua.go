@@ -265,8 +265,8 @@ func luaCopy(h *runtime.Host, L *lua.LState) int {
 		Host: host, BkrunVersion: runtime.Version, Extra: extra,
 	}
 	if verify && local != nil {
-		if err := local.f.Sync(); err != nil {
-			runtime.Raise(L, fn, fmt.Errorf("%s: syncing: %w", to, err))
+		if err := local.Sync(); err != nil {
+			runtime.Raise(L, fn, fmt.Errorf("%s: %w", to, err))
 		}
 		if _, _, err := VerifyAgainst(h.Context(), local.TempPath(), meta, nil); err != nil {
 			runtime.Raise(L, fn, fmt.Errorf("%s: verification of the new backup failed: %w", to, err))

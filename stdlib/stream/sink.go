@@ -76,7 +76,12 @@ type FileSink struct {
 	tmp  string
 	f    *os.File
 	done bool
-	wb   writeBehind
+	// The first Write chooses how the stream is written: with O_DIRECT
+	// where the file system supports it (direct), else buffered with
+	// writeBehind. Restore writes with WriteAt and uses neither.
+	started bool
+	direct  *directWriter
+	wb      writeBehind
 }
 
 // CreateFile opens a sink for path. An existing path is refused unless
@@ -116,18 +121,40 @@ func CreateFile(path string, overwrite bool) (*FileSink, error) {
 func (s *FileSink) TempPath() string { return s.tmp }
 
 func (s *FileSink) Write(p []byte) (int, error) {
+	if !s.started {
+		s.started = true
+		s.direct = newDirectWriter(s.f)
+	}
+	if s.direct != nil {
+		return s.direct.Write(p)
+	}
 	n, err := s.f.Write(p)
 	s.wb.wrote(int64(n))
 	return n, err
+}
+
+// Sync writes out what is still staged and makes the temporary file
+// durable, so that it can be read back (verified) before Commit. No Write
+// may follow.
+func (s *FileSink) Sync() error {
+	if s.direct != nil {
+		if err := s.direct.Close(); err != nil {
+			return fmt.Errorf("writing: %w", err)
+		}
+	}
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("syncing: %w", err)
+	}
+	return nil
 }
 
 // Commit makes the output durable and visible: fsync, then the catalogue
 // entry (if meta is not nil) and the image are renamed into place, image
 // first, and the directory is synced.
 func (s *FileSink) Commit(meta *Meta) error {
-	if err := s.f.Sync(); err != nil {
+	if err := s.Sync(); err != nil {
 		s.Abort()
-		return fmt.Errorf("syncing: %w", err)
+		return err
 	}
 	if err := s.f.Close(); err != nil {
 		s.Abort()
@@ -178,6 +205,9 @@ func (s *FileSink) Abort() error {
 		return nil
 	}
 	s.done = true
+	if s.direct != nil {
+		s.direct.abort()
+	}
 	s.f.Close()
 	if err := os.Remove(s.tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err

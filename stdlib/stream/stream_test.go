@@ -273,8 +273,9 @@ func TestMemoryIsBounded(t *testing.T) {
 	}
 	runtime.GC()
 	var peak uint64
-	done := make(chan struct{})
+	done, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(stopped)
 		var ms runtime.MemStats
 		for {
 			select {
@@ -291,10 +292,11 @@ func TestMemoryIsBounded(t *testing.T) {
 	enc, _ := NewEncoder("lz4")
 	st, err := Copy(context.Background(), patternSource{size: 2 << 30}, io.Discard, CopyOptions{Encoder: enc})
 	close(done)
+	<-stopped
 	if err != nil || st.Size != 2<<30 {
 		t.Fatal(err, st.Size)
 	}
-	if peak > 48<<20 {
+	if peak > 48<<20 && !raceEnabled {
 		t.Errorf("heap in use peaked at %d MiB copying 2 GiB", peak>>20)
 	}
 	t.Logf("heap peak %d MiB", peak>>20)

@@ -38,7 +38,7 @@ func BenchmarkEncodeText(b *testing.B) {
 	var out []byte
 	b.SetBytes(BlockSize)
 	for i := 0; i < b.N; i++ {
-		out = enc.Encode(out[:0], data)
+		out, _ = enc.Encode(out[:0], data)
 	}
 }
 
@@ -49,6 +49,6 @@ func BenchmarkEncodeRandom(b *testing.B) {
 	var out []byte
 	b.SetBytes(BlockSize)
 	for i := 0; i < b.N; i++ {
-		out = enc.Encode(out[:0], data)
+		out, _ = enc.Encode(out[:0], data)
 	}
 }

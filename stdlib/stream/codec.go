@@ -30,9 +30,13 @@ type Encoder interface {
 	Ext() string // file name extension, "" for none
 	Header() []byte
 	Trailer() []byte
-	// Encode appends the encoding of one block (at most BlockSize bytes)
-	// to dst. Safe for concurrent use.
-	Encode(dst, src []byte) []byte
+	// Encode encodes one block (at most BlockSize bytes): it appends the
+	// encoding to dst and returns it, or, for a block best stored as it
+	// is, appends only the prefix that goes before the block and reports
+	// stored. The pipeline then writes the block from its input buffer
+	// instead of copying it (random data; every block of "none").
+	// Safe for concurrent use.
+	Encode(dst, src []byte) (out []byte, stored bool)
 	// Zero is the encoding of a full all-zero block, computed once: a
 	// zero-filled disk must not cost a compression per block.
 	Zero() []byte
@@ -115,8 +119,17 @@ func newLZ4() *lz4Encoder {
 	e.pool.New = func() any {
 		return &lz4State{sample: make([]byte, samplePiece*samplePieces), scratch: make([]byte, 0, lz4block.CompressBound(samplePiece*samplePieces))}
 	}
-	e.zero = e.Encode(nil, zeroBlock)
+	e.zero = encodeWhole(e, zeroBlock)
 	return e
+}
+
+// encodeWhole is the complete encoding of src, stored or not.
+func encodeWhole(e Encoder, src []byte) []byte {
+	out, stored := e.Encode(nil, src)
+	if stored {
+		out = append(out, src...)
+	}
+	return out
 }
 
 func (e *lz4Encoder) Name() string    { return "lz4" }
@@ -125,7 +138,7 @@ func (e *lz4Encoder) Header() []byte  { return e.header }
 func (e *lz4Encoder) Trailer() []byte { return []byte{0, 0, 0, 0} } // end mark
 func (e *lz4Encoder) Zero() []byte    { return e.zero }
 
-func (e *lz4Encoder) Encode(dst, src []byte) []byte {
+func (e *lz4Encoder) Encode(dst, src []byte) ([]byte, bool) {
 	start := len(dst)
 	need := 4 + lz4block.CompressBound(len(src))
 	if cap(dst)-start < need {
@@ -141,14 +154,12 @@ func (e *lz4Encoder) Encode(dst, src []byte) []byte {
 	}
 	e.pool.Put(s)
 	if !ok {
-		// Incompressible: store as is.
-		dst = dst[:start+4+len(src)]
-		binary.LittleEndian.PutUint32(dst[start:], uint32(len(src))|0x80000000)
-		copy(dst[start+4:], src)
-		return dst
+		// Incompressible: the block goes as is after its size, whose
+		// high bit says "stored".
+		return binary.LittleEndian.AppendUint32(dst[:start], uint32(len(src))|0x80000000), true
 	}
 	binary.LittleEndian.PutUint32(out[start:], uint32(len(out)-start-4))
-	return out
+	return out, false
 }
 
 // compressible compresses a sample of src and reports whether it shrank
@@ -180,27 +191,29 @@ func newZstd() (*zstdEncoder, error) {
 		return nil, err
 	}
 	e := &zstdEncoder{enc: enc}
-	e.zero = e.Encode(nil, zeroBlock)
+	e.zero = encodeWhole(e, zeroBlock)
 	return e, nil
 }
 
-func (e *zstdEncoder) Name() string                  { return "zstd" }
-func (e *zstdEncoder) Ext() string                   { return ".zst" }
-func (e *zstdEncoder) Header() []byte                { return nil }
-func (e *zstdEncoder) Trailer() []byte               { return nil }
-func (e *zstdEncoder) Zero() []byte                  { return e.zero }
-func (e *zstdEncoder) Encode(dst, src []byte) []byte { return e.enc.EncodeAll(src, dst) }
+func (e *zstdEncoder) Name() string    { return "zstd" }
+func (e *zstdEncoder) Ext() string     { return ".zst" }
+func (e *zstdEncoder) Header() []byte  { return nil }
+func (e *zstdEncoder) Trailer() []byte { return nil }
+func (e *zstdEncoder) Zero() []byte    { return e.zero }
+func (e *zstdEncoder) Encode(dst, src []byte) ([]byte, bool) {
+	return e.enc.EncodeAll(src, dst), false
+}
 
 // ---- none ----
 
 type rawEncoder struct{}
 
-func (rawEncoder) Name() string                  { return "none" }
-func (rawEncoder) Ext() string                   { return "" }
-func (rawEncoder) Header() []byte                { return nil }
-func (rawEncoder) Trailer() []byte               { return nil }
-func (rawEncoder) Zero() []byte                  { return zeroBlock }
-func (rawEncoder) Encode(dst, src []byte) []byte { return append(dst, src...) }
+func (rawEncoder) Name() string                          { return "none" }
+func (rawEncoder) Ext() string                           { return "" }
+func (rawEncoder) Header() []byte                        { return nil }
+func (rawEncoder) Trailer() []byte                       { return nil }
+func (rawEncoder) Zero() []byte                          { return zeroBlock }
+func (rawEncoder) Encode(dst, src []byte) ([]byte, bool) { return dst, true }
 
 // NewDecoder returns a reader of the logical bytes of an encoded stream.
 // Corrupt or truncated input makes Read fail; it never yields silently

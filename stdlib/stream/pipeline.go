@@ -55,10 +55,12 @@ type CopyOptions struct {
 	Readers int
 	// Workers hash and encode blocks. Default: one per CPU.
 	Workers int
-	// InBuffers bounds blocks being read or encoded (BlockSize each).
-	// Default 12: enough to keep reading the blocks after a stretch of
-	// text while it is compressed (8 left the CPUs idle a tenth of the
-	// time on the benchmark's mixed image, 16 gained nothing more).
+	// InBuffers bounds blocks being read or encoded (BlockSize each); a
+	// block stored as is (random data, codec none) keeps its input buffer
+	// until it is written, instead of an output buffer. Default 12:
+	// enough to keep reading the blocks after a stretch of text while it
+	// is compressed (8 left the CPUs idle a tenth of the time on the
+	// benchmark's mixed image; 16 to 32 gained nothing measurable).
 	InBuffers int
 	// OutBlocks is the number of output buffers (a little over BlockSize
 	// each): blocks encoded or being encoded and not yet written in
@@ -76,11 +78,16 @@ type job struct {
 	n    int
 	zero bool
 	hole bool
-	out  []byte // encoded block (may alias the encoder's zero block)
+	out  []byte // encoded block (may alias the encoder's zero block), or the prefix of a stored one
 	obuf []byte // output buffer, given back after the write
-	leaf [32]byte
-	err  error
-	done chan struct{}
+	// stored: the block is written as is after out, from buf, which is
+	// then held until the write; the output buffer goes back at once
+	// (out points into head).
+	stored bool
+	head   [8]byte
+	leaf   [32]byte
+	err    error
+	done   chan struct{}
 }
 
 // outBufferSize holds the encoding of any block: lz4 stores an
@@ -256,8 +263,13 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 				if j.err == nil && ctx.Err() == nil {
 					encodeBlock(j, enc)
 				}
-				inFree <- j.buf
-				j.buf = nil
+				if j.stored {
+					outFree <- j.obuf
+					j.obuf = nil
+				} else {
+					inFree <- j.buf
+					j.buf = nil
+				}
 				close(j.done)
 			}
 		}()
@@ -281,6 +293,14 @@ func Copy(ctx context.Context, src any, dst io.Writer, o CopyOptions) (Stats, er
 				return &WriteError{err}
 			}
 			st.BytesWritten += int64(len(j.out))
+			if j.stored {
+				if _, err := dst.Write(j.buf[:j.n]); err != nil {
+					return &WriteError{err}
+				}
+				st.BytesWritten += int64(j.n)
+				inFree <- j.buf
+				j.buf = nil
+			}
 			st.Size += int64(j.n)
 			if j.zero {
 				st.ZeroBytes += int64(j.n)
@@ -364,5 +384,14 @@ func encodeBlock(j *job, enc Encoder) {
 		}
 	}
 	j.leaf = Leaf(data)
-	j.out = enc.Encode(j.obuf[:0], data)
+	j.out, j.stored = enc.Encode(j.obuf[:0], data)
+	if j.stored {
+		if j.zero || len(j.out) > len(j.head) {
+			// A short zero block (the data is zeroBlock, not buf), or
+			// a prefix too long to keep here: write the copy.
+			j.out, j.stored = append(j.out, data...), false
+			return
+		}
+		j.out = append(j.head[:0], j.out...)
+	}
 }

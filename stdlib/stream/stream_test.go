@@ -168,7 +168,7 @@ type countingEncoder struct {
 	n atomic.Int64
 }
 
-func (c *countingEncoder) Encode(dst, src []byte) []byte {
+func (c *countingEncoder) Encode(dst, src []byte) ([]byte, bool) {
 	c.n.Add(1)
 	return c.Encoder.Encode(dst, src)
 }

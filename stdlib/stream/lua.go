@@ -24,7 +24,9 @@ any stream a module returns), compresses it on all cores in 1 MiB blocks and
 writes it to a file, computing a BLAKE3 tree hash of the logical image on the
 way. Memory stays bounded (about 40 MiB) whatever the size. Zero blocks (and
 holes of sparse images) are neither compressed nor hashed twice: a
-precomputed encoding is written.
+precomputed encoding is written. A local output file is written with O_DIRECT
+where the file system allows it (buffered otherwise), so a backup neither
+fills the page cache nor costs the CPU a copy into it.
 
 Outputs are standard streams: lz4 frames (lz4 -d), zstd frames (zstd -d), or
 raw bytes. Each output is written as .NAME.partial-XXXX in the destination

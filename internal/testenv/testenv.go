@@ -7,9 +7,12 @@ package testenv
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -124,4 +127,25 @@ func BtrfsMount(t testing.TB) string {
 		}
 	})
 	return mnt
+}
+
+// OpenFlags reads the open flags of one of this process's descriptors from
+// /proc/self/fdinfo: the kernel's word on whether O_DIRECT is in effect.
+func OpenFlags(t testing.TB, fd int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "flags:"); ok {
+			flags, err := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
+			if err != nil {
+				t.Fatalf("fdinfo flags %q: %v", v, err)
+			}
+			return int(flags)
+		}
+	}
+	t.Fatalf("no flags line in fdinfo:\n%s", b)
+	return 0
 }

@@ -164,31 +164,10 @@ func checkSame(t testing.TB, what string, got, want []byte) {
 	}
 }
 
-// fdFlags reads the open flags of one of this process's descriptors from
-// /proc/self/fdinfo: the kernel's word on whether O_DIRECT is in effect.
-func fdFlags(t testing.TB, fd int) int {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", fd))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "flags:"); ok {
-			flags, err := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
-			if err != nil {
-				t.Fatalf("fdinfo flags %q: %v", v, err)
-			}
-			return int(flags)
-		}
-	}
-	t.Fatalf("no flags line in fdinfo:\n%s", b)
-	return 0
-}
-
 func checkODirect(t testing.TB, s *Source, want bool) {
 	t.Helper()
 	// unix.O_DIRECT is 0o40000 on amd64 (and differs on arm64, hence the constant).
-	flags := fdFlags(t, s.fd())
+	flags := testenv.OpenFlags(t, s.fd())
 	if got := flags&unix.O_DIRECT != 0; got != want {
 		t.Errorf("fdinfo flags %#o: O_DIRECT set = %v, want %v", flags, got, want)
 	}

@@ -8,34 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/bkrun/bkrun/internal/testenv"
 	"golang.org/x/sys/unix"
 )
-
-// openFlags reads the open flags of a descriptor from /proc/self/fdinfo:
-// the kernel's word on whether O_DIRECT is in effect.
-func openFlags(t *testing.T, f *os.File) int {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", f.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "flags:"); ok {
-			flags, err := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return int(flags)
-		}
-	}
-	t.Fatalf("no flags in fdinfo:\n%s", b)
-	return 0
-}
 
 // directTempDir is a test directory on a file system that takes O_DIRECT
 // writes (the test temp dir, else /var/tmp).
@@ -91,8 +69,8 @@ func TestFileSinkWritesWithODirect(t *testing.T) {
 			defer sink.Abort()
 			if size > 0 {
 				writeInPieces(t, sink, data[:1])
-				if sink.direct == nil || openFlags(t, sink.f)&unix.O_DIRECT == 0 {
-					t.Fatalf("O_DIRECT not in effect after the first write (fdinfo flags %#o)", openFlags(t, sink.f))
+				if sink.direct == nil || testenv.OpenFlags(t, int(sink.f.Fd()))&unix.O_DIRECT == 0 {
+					t.Fatalf("O_DIRECT not in effect after the first write (fdinfo flags %#o)", testenv.OpenFlags(t, int(sink.f.Fd())))
 				}
 				writeInPieces(t, sink, data[1:])
 			}
@@ -136,7 +114,7 @@ func TestFileSinkWithoutDirectIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeInPieces(t, sink, data)
-	if sink.direct != nil || openFlags(t, sink.f)&unix.O_DIRECT != 0 {
+	if sink.direct != nil || testenv.OpenFlags(t, int(sink.f.Fd()))&unix.O_DIRECT != 0 {
 		t.Fatal("ramfs: the sink claims O_DIRECT")
 	}
 	if err := sink.Commit(nil); err != nil {
@@ -165,7 +143,7 @@ func TestDirectWriterFallsBackOnEINVAL(t *testing.T) {
 	}
 	refused := 0
 	w.writeAt = func(p []byte, off int64) (int, error) {
-		if openFlags(t, sink.f)&unix.O_DIRECT != 0 && off >= directChunk {
+		if testenv.OpenFlags(t, int(sink.f.Fd()))&unix.O_DIRECT != 0 && off >= directChunk {
 			refused++
 			return 0, &os.PathError{Op: "write", Path: path, Err: unix.EINVAL}
 		}
@@ -175,8 +153,8 @@ func TestDirectWriterFallsBackOnEINVAL(t *testing.T) {
 	if err := sink.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	if refused != 1 || openFlags(t, sink.f)&unix.O_DIRECT != 0 {
-		t.Errorf("refused %d writes, want 1 and buffered writes after it (flags %#o)", refused, openFlags(t, sink.f))
+	if refused != 1 || testenv.OpenFlags(t, int(sink.f.Fd()))&unix.O_DIRECT != 0 {
+		t.Errorf("refused %d writes, want 1 and buffered writes after it (flags %#o)", refused, testenv.OpenFlags(t, int(sink.f.Fd())))
 	}
 	if err := sink.Commit(nil); err != nil {
 		t.Fatal(err)

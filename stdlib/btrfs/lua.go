@@ -58,7 +58,9 @@ stops any send still running at the end of the run.`},
 		{Name: "receive", Sig: "btrfs.receive(dir, source | file) -> path",
 			Doc: `Run "btrfs receive dir" on a send stream and return the path of the received
 subvolume. The stream is a source (btrfs.send(...)) or a file written by
-stream.copy; a file ending in .lz4 or .zst is decoded on the way.`},
+stream.copy; a file ending in .lz4 or .zst is decoded on the way. A source
+is closed when the receive ends: a send it did not read to the end is
+stopped and waited for, so the snapshot can be deleted right after.`},
 	},
 	Open: open,
 }
@@ -211,7 +213,16 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 				if !ok {
 					runtime.ArgError(L, 2, fn, "a stream source (btrfs.send(...)) or a send-stream file expected, got "+toString(v.Value))
 				}
-				r, name, closeFn = rr, toString(v.Value), func() {}
+				// The stream is consumed here: once the receive ends,
+				// close it, so that a send the receive abandoned is
+				// stopped and waited for — until then btrfs refuses to
+				// delete the snapshot being sent ("send may be in
+				// progress"), which is what a recipe does next.
+				r, name, closeFn = rr, toString(v.Value), func() {
+					if c, ok := rr.(io.Closer); ok {
+						c.Close()
+					}
+				}
 			case lua.LString:
 				if string(v) == "" {
 					runtime.ArgError(L, 2, fn, "empty path")

@@ -63,6 +63,37 @@ func TestLuaSnapshotSendReceive(t *testing.T) {
 	}
 }
 
+// A receive that fails (a destination that is not btrfs) closes its
+// source: the send it abandoned is stopped and waited for, so the recipe
+// can delete the snapshot at once. Before, the send went on until the end
+// of the run and btrfs refused the delete ("send may be in progress").
+func TestLuaFailedReceiveStopsTheSend(t *testing.T) {
+	src := testenv.BtrfsMount(t)
+	if err := Create(context.Background(), filepath.Join(src, "cur")); err != nil {
+		t.Fatal(err)
+	}
+	// More than the pipes hold: the send cannot finish by itself once
+	// nobody reads it.
+	big := make([]byte, 16<<20)
+	for i := range big {
+		big[i] = byte(i * 7 >> 3)
+	}
+	writeFile(t, filepath.Join(src, "cur", "f"), string(big))
+	h := luatest.NewHost(t, luatest.HostOptions{
+		Globals: map[string]string{"SRC": src, "PLAIN": t.TempDir()},
+		Prelude: prelude,
+	}, Module, stream.Module)
+	h.Run(t, `
+		local snap = btrfs.snapshot(SRC .. "/cur", SRC .. "/s1", {readonly = true})
+		for i = 1, 3 do
+			local ok, err = pcall(btrfs.receive, PLAIN, btrfs.send(snap))
+			assert(not ok and tostring(err):find("btrfs receive"), tostring(err))
+		end
+		btrfs.delete(snap)
+		assert(not btrfs.is_subvolume(snap))
+	`)
+}
+
 func TestLuaDryRun(t *testing.T) {
 	dir := t.TempDir()
 	h := luatest.NewHost(t, luatest.HostOptions{DryRun: true, Globals: map[string]string{"D": dir}, Prelude: prelude}, Module, stream.Module)

@@ -199,6 +199,7 @@ func (b *binding) exec(L *lua.LState, output bool) int {
 	safe := o.Bool("safe", false)
 	timeout := o.Duration("timeout", 0)
 	var stdin io.Reader
+	var consumed io.Closer // a one-shot stream source, closed after the command
 	var sinkFile *luaFile
 	var stdout io.Writer
 	check := true
@@ -216,6 +217,7 @@ func (b *binding) exec(L *lua.LState, output bool) int {
 				stdin = src.NewReader()
 			case io.Reader:
 				stdin = src
+				consumed, _ = src.(io.Closer)
 			default:
 				runtime.ArgError(L, 3, fn, "option 'stdin': a string or a source (disk.open) expected")
 			}
@@ -257,6 +259,13 @@ func (b *binding) exec(L *lua.LState, output bool) int {
 		stdout = &out
 	}
 	err := c.Exec(ctx, string(cmd), stdin, stdout, errb)
+	if consumed != nil {
+		// A stream (btrfs.send, exec.stream) is read once: stop what
+		// the command left unread now, not at the end of the run — a
+		// recipe that deletes the snapshot being sent must not find the
+		// send still running.
+		consumed.Close()
+	}
 	if sinkFile != nil {
 		// The remote file gets the command's output only if the command
 		// succeeded: a failed dump must not become a backup.

@@ -127,7 +127,13 @@ func sourceOf(h *runtime.Host, L *lua.LState, v lua.LValue, fn string) (src any,
 			if n, ok := s.(named); ok {
 				name, kind = n.Path(), n.Kind()
 			}
-			return s, name, kind, func() {}
+			// A stream is read once: closing it after the copy stops
+			// a producer the copy left unread (a failed write) at once.
+			return s, name, kind, func() {
+				if c, ok := s.(io.Closer); ok {
+					c.Close()
+				}
+			}
 		}
 	}
 	runtime.ArgError(L, 1, fn, "option 'from': a source (disk.open(...)) or a device/image path expected, got "+v.Type().String())

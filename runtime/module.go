@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"fmt"
+	"io"
 	"sort"
 
 	lua "github.com/yuin/gopher-lua"
@@ -103,4 +104,16 @@ func PushObject(L *lua.LState, v any, typeName string) {
 	ud.Value = v
 	L.SetMetatable(ud, L.GetTypeMetatable(typeName))
 	L.Push(ud)
+}
+
+// CloseConsumed closes a one-shot stream source (btrfs.send, zfs.send,
+// dump.stream, exec.stream, conn:open) once the function it was passed to
+// has read it, successfully or not. Its producer is stopped and waited for
+// at once rather than by the clean-up stack at the end of the run: a
+// recipe's next step — deleting the snapshot being sent, removing the LVM
+// snapshot being dumped — fails while the producer still holds it.
+func CloseConsumed(src any) {
+	if c, ok := src.(io.Closer); ok {
+		c.Close()
+	}
 }

@@ -218,11 +218,7 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 				// stopped and waited for — until then btrfs refuses to
 				// delete the snapshot being sent ("send may be in
 				// progress"), which is what a recipe does next.
-				r, name, closeFn = rr, toString(v.Value), func() {
-					if c, ok := rr.(io.Closer); ok {
-						c.Close()
-					}
-				}
+				r, name, closeFn = rr, toString(v.Value), func() { runtime.CloseConsumed(rr) }
 			case lua.LString:
 				if string(v) == "" {
 					runtime.ArgError(L, 2, fn, "empty path")

@@ -199,7 +199,7 @@ func (b *binding) exec(L *lua.LState, output bool) int {
 	safe := o.Bool("safe", false)
 	timeout := o.Duration("timeout", 0)
 	var stdin io.Reader
-	var consumed io.Closer // a one-shot stream source, closed after the command
+	var consumed io.Reader // a one-shot stream source, closed after the command
 	var sinkFile *luaFile
 	var stdout io.Writer
 	check := true
@@ -216,8 +216,7 @@ func (b *binding) exec(L *lua.LState, output bool) int {
 			case interface{ NewReader() io.Reader }:
 				stdin = src.NewReader()
 			case io.Reader:
-				stdin = src
-				consumed, _ = src.(io.Closer)
+				stdin, consumed = src, src
 			default:
 				runtime.ArgError(L, 3, fn, "option 'stdin': a string or a source (disk.open) expected")
 			}
@@ -259,13 +258,7 @@ func (b *binding) exec(L *lua.LState, output bool) int {
 		stdout = &out
 	}
 	err := c.Exec(ctx, string(cmd), stdin, stdout, errb)
-	if consumed != nil {
-		// A stream (btrfs.send, exec.stream) is read once: stop what
-		// the command left unread now, not at the end of the run — a
-		// recipe that deletes the snapshot being sent must not find the
-		// send still running.
-		consumed.Close()
-	}
+	runtime.CloseConsumed(consumed)
 	if sinkFile != nil {
 		// The remote file gets the command's output only if the command
 		// succeeded: a failed dump must not become a backup.
@@ -378,6 +371,7 @@ func (b *binding) btrfsReceive(L *lua.LState) int {
 	if !ok {
 		runtime.TypeError(L, 3, fn, "send stream (btrfs.send)")
 	}
+	defer runtime.CloseConsumed(src)
 	o := runtime.OptsAt(L, 4, fn)
 	cmd := o.String("receiver", "bkrun receive")
 	o.Done(false)

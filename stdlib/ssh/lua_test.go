@@ -10,6 +10,7 @@ import (
 	"github.com/bkrun/bkrun/internal/sshtest"
 	"github.com/bkrun/bkrun/runtime"
 	"github.com/bkrun/bkrun/stdlib/disk"
+	"github.com/bkrun/bkrun/stdlib/exec"
 	"github.com/bkrun/bkrun/stdlib/ssh"
 	lua "github.com/yuin/gopher-lua"
 )
@@ -168,6 +169,28 @@ func TestLuaExecStreamsSource(t *testing.T) {
 	_, err = h.RunChunk(connectLua(s)+`c:exec("cat", {stdin = 42})`, "t", nil)
 	if err == nil || !strings.Contains(err.Error(), "option 'stdin': a string or a source (disk.open) expected, got number") {
 		t.Errorf("bad stdin: %v", err)
+	}
+}
+
+// A remote command that stops reading its stdin stream (a failed remote
+// receive) stops the local producer when conn:exec returns, not at the
+// end of the run: the recipe's next step deletes what it was sending.
+func TestLuaExecClosesAStreamItLeftUnread(t *testing.T) {
+	s := sshtest.Start(t, sshtest.Options{})
+	pidFile := filepath.Join(t.TempDir(), "producer.pid")
+	var out bytes.Buffer
+	h := runtime.New(runtime.Options{Modules: []*runtime.Module{ssh.Module, exec.Module}, Stdout: &out, Stderr: &out})
+	defer h.Close()
+	_, err := h.RunChunk(connectLua(s)+`
+		local exec = require "exec"
+		local src = exec.stream({"sh", "-c", "echo $$ > `+pidFile+`; exec cat /dev/zero"})
+		local r = c:exec("head -c 10 > /dev/null; exit 3", {stdin = src, check = false})
+		assert(not r.ok and r.status == 3, r.status)
+		-- Still inside the run: the clean-up stack has not stopped it.
+		local alive = exec.run({"sh", "-c", "kill -0 $(cat `+pidFile+`)"}, {check = false, capture = true})
+		assert(not alive.ok, "the producer still runs after conn:exec returned")`, "t", nil)
+	if err != nil {
+		t.Fatal(runtime.Describe(err, true), out.String())
 	}
 }
 

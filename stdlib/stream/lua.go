@@ -127,13 +127,7 @@ func sourceOf(h *runtime.Host, L *lua.LState, v lua.LValue, fn string) (src any,
 			if n, ok := s.(named); ok {
 				name, kind = n.Path(), n.Kind()
 			}
-			// A stream is read once: closing it after the copy stops
-			// a producer the copy left unread (a failed write) at once.
-			return s, name, kind, func() {
-				if c, ok := s.(io.Closer); ok {
-					c.Close()
-				}
-			}
+			return s, name, kind, func() { runtime.CloseConsumed(s) }
 		}
 	}
 	runtime.ArgError(L, 1, fn, "option 'from': a source (disk.open(...)) or a device/image path expected, got "+v.Type().String())

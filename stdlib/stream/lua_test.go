@@ -52,3 +52,22 @@ func TestModuleDocsMatchFunctions(t *testing.T) {
 		t.Errorf("functions %s, documented %s", got, want)
 	}
 }
+
+// A copy that fails (here: no such destination directory) stops the stream
+// it was given at once, not at the end of the run.
+func TestFailedCopyStopsTheStream(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "producer.pid")
+	var out bytes.Buffer
+	h := runtime.New(runtime.Options{Modules: []*runtime.Module{stream.Module, exec.Module}, Stdout: &out, Stderr: &out})
+	defer h.Close()
+	_, err := h.RunChunk(`local stream, exec = require "stream", require "exec"
+		local src = exec.stream({"sh", "-c", "echo $$ > `+pidFile+`; exec cat /dev/zero"})
+		exec.run({"sh", "-c", "while [ ! -s `+pidFile+` ]; do sleep 0.01; done"})
+		local ok, err = pcall(stream.copy, {from = src, to = "/nonexistent-bkrun-dir/x.lz4"})
+		assert(not ok and tostring(err):find("does not exist"), tostring(err))
+		local alive = exec.run({"sh", "-c", "kill -0 $(cat `+pidFile+`)"}, {check = false, capture = true})
+		assert(not alive.ok, "the producer still runs after stream.copy failed")`, "t", nil)
+	if err != nil {
+		t.Fatal(runtime.Describe(err, true), out.String())
+	}
+}

@@ -131,6 +131,9 @@ func open(h *runtime.Host, L *lua.LState) *lua.LTable {
 			case *lua.LUserData:
 				if sr, ok := v.Value.(io.Reader); ok {
 					r = sr
+					// A zfs.send that the receive does not read to
+					// the end stops as soon as it returns.
+					defer runtime.CloseConsumed(sr)
 				} else if !h.DryRun() {
 					runtime.ArgError(L, 2, fn, "a send stream (zfs.send) or a stream file path expected")
 				}

@@ -3,10 +3,13 @@ package zfs
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/bkrun/bkrun/internal/testenv"
@@ -79,6 +82,27 @@ func TestRefusalsAndFailures(t *testing.T) {
 	t.Setenv("SHIM_FAIL", "receive")
 	if err := Receive(ctx, "backup/vm", r, false); err == nil || !strings.Contains(err.Error(), "zfs exited 1: cannot receive") {
 		t.Errorf("receive failure: %v", err)
+	}
+}
+
+// A receive that fails stops the send it was reading: the send is not
+// left running (holding its snapshot) until the end of the run.
+func TestLuaFailedReceiveStopsTheSend(t *testing.T) {
+	_, state := shims(t)
+	t.Setenv("SHIM_SEND_BYTES", "16777216")
+	t.Setenv("SHIM_RECV_FAIL_AFTER_HEADER", "1")
+	h := luatest.NewHost(t, luatest.HostOptions{Prelude: `local zfs = require "zfs"; `}, Module)
+	h.Run(t, `
+		zfs.snapshot("tank/vm@big")
+		local ok, err = pcall(zfs.receive, "backup/vm", zfs.send("tank/vm@big"))
+		assert(not ok and tostring(err):find("cannot receive"), tostring(err))`)
+	b, err := os.ReadFile(filepath.Join(state, "send.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("the send (pid %d) is still running after the receive failed (kill 0: %v)", pid, err)
 	}
 }
 

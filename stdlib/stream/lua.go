@@ -45,6 +45,9 @@ A progress bar is drawn only when stderr is a terminal (and not -q).`,
 			Doc: `Copy a source into a file with its catalogue entry. codec is lz4 (default),
 zstd or none; verify=true decodes the written file and checks its hash before
 renaming it into place; meta adds fields to the catalogue entry's "extra".
+A stream source (btrfs.send, zfs.send, dump.stream, exec.stream) is read
+once: when the copy ends, even by an error, it is closed and its command
+stopped, so the next step may delete what it was reading.
 to = "[user@]host:path" writes on another host over SFTP (a plain OpenSSH
 server, nothing installed there), streamed with no temporary file on either
 side but the remote .NAME.partial-XXXX, renamed into place with its catalogue

@@ -161,9 +161,7 @@ func (w *directWriter) Close() error {
 	if w.closed {
 		return w.err()
 	}
-	w.closed = true
-	close(w.full)
-	err := <-w.written
+	err := w.stop()
 	if err == nil && len(w.cur) > 0 {
 		n := len(w.cur)
 		// Pad to the alignment with zeros, write, then cut the padding.
@@ -182,10 +180,15 @@ func (w *directWriter) Close() error {
 
 // abort stops the writer goroutine without writing what is staged.
 func (w *directWriter) abort() {
-	if w.closed {
-		return
+	if !w.closed {
+		w.stop()
 	}
+}
+
+// stop lets the write goroutine finish the buffers handed to it and
+// returns its first error.
+func (w *directWriter) stop() error {
 	w.closed = true
 	close(w.full)
-	<-w.written
+	return <-w.written
 }

@@ -371,24 +371,19 @@ func zeroBlockFast(j *job, enc Encoder) bool {
 	return true
 }
 
-// encodeBlock hashes and encodes one block; all-zero blocks take the
-// precomputed encoding and leaf.
+// encodeBlock hashes and encodes a block that the readers did not settle
+// with zeroBlockFast: data, or a short all-zero last block.
 func encodeBlock(j *job, enc Encoder) {
 	data := j.buf[:j.n]
-	if j.hole || disk.IsZero(data) {
-		j.zero = true
-		data = zeroBlock[:j.n]
-		if j.n == BlockSize {
-			j.out, j.leaf = enc.Zero(), zeroLeaf()
-			return
-		}
+	if j.hole {
+		clear(data) // a hole is not read: its bytes are zeros
 	}
+	j.zero = j.hole || disk.IsZero(data)
 	j.leaf = Leaf(data)
 	j.out, j.stored = enc.Encode(j.obuf[:0], data)
 	if j.stored {
-		if j.zero || len(j.out) > len(j.head) {
-			// A short zero block (the data is zeroBlock, not buf), or
-			// a prefix too long to keep here: write the copy.
+		if len(j.out) > len(j.head) {
+			// A prefix longer than any codec's: write a copy instead.
 			j.out, j.stored = append(j.out, data...), false
 			return
 		}
